@@ -1,0 +1,47 @@
+//! Billing configuration; every flag is also an environment variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::BillingError;
+use crate::pricing::PriceTable;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// TOML price table: `[default]` and `[models."<id>"]` with `per_call`,
+    /// `per_prompt_token`, `per_completion_token` in atomic units (decimals allowed).
+    #[arg(long, env = "RUNGATE_PRICES_FILE")]
+    pub prices_file: Option<PathBuf>,
+
+    /// The same price table inline (wins over --prices-file).
+    #[arg(long, env = "RUNGATE_PRICES")]
+    pub prices_toml: Option<String>,
+
+    /// How long in-flight calls may run after shutdown begins.
+    #[arg(long, env = "RUNGATE_DRAIN_TIMEOUT", default_value = "10s",
+          value_parser = rungate_common::args::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            prices_file: None,
+            prices_toml: None,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    pub fn price_table(&self) -> Result<PriceTable, BillingError> {
+        let text = match (&self.prices_toml, &self.prices_file) {
+            (Some(inline), _) => inline.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                BillingError::Config(format!("cannot read {}: {e}", path.display()))
+            })?,
+            (None, None) => String::new(),
+        };
+        PriceTable::from_toml(&text)
+    }
+}

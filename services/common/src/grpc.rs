@@ -1,0 +1,101 @@
+//! The frame every RunGate gRPC server runs in: health and reflection next to
+//! the service's own routes, a server span per call parented to the caller's
+//! trace, and a graceful drain on shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic_health::ServingStatus;
+use tower_http::trace::TraceLayer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("invalid gRPC endpoint `{url}`: {source}")]
+    Endpoint {
+        url: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// Serves `routes` plus `grpc.health.v1` and reflection on `listener` until
+/// `shutdown` resolves. Then health turns NOT_SERVING (so balancers stop
+/// routing here), the listener closes, and in-flight calls get `drain` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    services: &[&'static str],
+    shutdown: impl Future<Output = ()> + Send,
+    drain: Duration,
+) -> Result<(), GrpcError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in services {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    // Both reflection versions: grpcurl and older tools still ask for v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(rungate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+
+    let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .layer(TraceLayer::new_for_grpc().make_span_with(crate::propagation::grpc_server_span))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(server);
+
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        () = shutdown => {}
+    }
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    for name in services {
+        health
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
+    }
+    let _ = stop_accepting.send(());
+    match tokio::time::timeout(drain, server).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::warn!(
+                ?drain,
+                "drain deadline passed; dropping calls still in flight"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A channel that connects on first use and reconnects by itself, so services
+/// can start in any order.
+pub fn lazy_channel(url: &str) -> Result<Channel, GrpcError> {
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|source| GrpcError::Endpoint {
+        url: url.to_owned(),
+        source,
+    })?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect_lazy())
+}

@@ -1,0 +1,11 @@
+//! Plumbing every RunGate service shares: telemetry, trace propagation across
+//! gRPC and HTTP hops, the gRPC server frame (health, reflection, graceful
+//! drain) and shutdown signals.
+
+pub mod args;
+pub mod grpc;
+pub mod propagation;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use args::CommonArgs;

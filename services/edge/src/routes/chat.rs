@@ -1,0 +1,258 @@
+//! `POST /v1/chat/completions`, streamed (SSE) or not.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::Stream;
+use http::{HeaderValue, StatusCode, header};
+use rungate_proto::inference::v1::{GenerateEvent, GenerateRequest, generate_event::Event};
+use tonic::Streaming;
+
+use crate::ApiError;
+use crate::openai::{
+    AssistantMessage, ChatRequest, Chunk, ChunkChoice, Completion, CompletionChoice, Delta, Usage,
+    finish_reason,
+};
+use crate::sse;
+use crate::state::AppState;
+
+pub async fn completions(
+    State(state): State<AppState>,
+    request: Request,
+    body_limit: usize,
+) -> Result<Response, ApiError> {
+    let bytes = axum::body::to_bytes(request.into_body(), body_limit)
+        .await
+        .map_err(|_| {
+            ApiError::invalid(
+                None,
+                format!("The request body is larger than the {body_limit}-byte limit."),
+            )
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        })?;
+    let chat = ChatRequest::parse(&bytes)?;
+    let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+    let span = tracing::Span::current();
+    span.record("request_id", id.as_str());
+    if let Some(metadata) = &chat.metadata {
+        span.record(
+            "metadata",
+            tracing::field::display(serde_json::Value::Object(metadata.clone())),
+        );
+    }
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+
+    let generate = GenerateRequest {
+        request_id: id.clone(),
+        model: chat.model.clone(),
+        messages: chat.messages,
+        sampling: Some(chat.sampling),
+        extra_json: if chat.extra.is_empty() {
+            String::new()
+        } else {
+            serde_json::Value::Object(chat.extra).to_string()
+        },
+        user: chat.user,
+    };
+    // Errors before the first token (unknown model, refused fields, engine
+    // overloaded) arrive here and become proper HTTP statuses.
+    let events = state
+        .inference
+        .clone()
+        .generate(generate)
+        .await?
+        .into_inner();
+    let call = Call {
+        id,
+        created,
+        model: chat.model,
+    };
+    if chat.stream {
+        Ok(streamed(call, events, chat.include_usage))
+    } else {
+        complete(call, events).await
+    }
+}
+
+struct Call {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+async fn complete(call: Call, mut events: Streaming<GenerateEvent>) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(Event::Delta(delta)) => text.push_str(&delta.text),
+            Some(Event::Finished(finished)) => {
+                let body = Completion {
+                    id: &call.id,
+                    object: "chat.completion",
+                    created: call.created,
+                    model: &call.model,
+                    choices: [CompletionChoice {
+                        index: 0,
+                        message: AssistantMessage {
+                            role: "assistant",
+                            content: &text,
+                        },
+                        logprobs: None,
+                        finish_reason: finish_reason(finished.finish_reason),
+                    }],
+                    usage: finished.usage.unwrap_or_default().into(),
+                };
+                let mut response = axum::Json(body).into_response();
+                set_request_id(&mut response, &call.id);
+                return Ok(response);
+            }
+            Some(Event::Started(_)) | None => {}
+        }
+    }
+    Err(tonic::Status::unavailable("the engine ended the stream without finishing").into())
+}
+
+fn streamed(call: Call, events: Streaming<GenerateEvent>, include_usage: bool) -> Response {
+    let id = call.id.clone();
+    let frames = Frames {
+        call,
+        events,
+        include_usage,
+        pending: VecDeque::with_capacity(3),
+        started: false,
+        done: false,
+    };
+    let mut response = Response::new(Body::from_stream(frames.into_stream()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    set_request_id(&mut response, &id);
+    response
+}
+
+fn set_request_id(response: &mut Response, id: &str) {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+}
+
+/// The exact OpenAI chunk sequence: role delta, content deltas, the finish
+/// chunk, the usage chunk (if asked for), `[DONE]`. An error after the stream
+/// began is sent as an `error` event and the stream ends. Dropping the body
+/// (client gone) drops the gRPC stream, which cancels generation.
+struct Frames {
+    call: Call,
+    events: Streaming<GenerateEvent>,
+    include_usage: bool,
+    pending: VecDeque<Bytes>,
+    started: bool,
+    done: bool,
+}
+
+impl Frames {
+    fn chunk(&self, delta: Delta<'_>, finish: Option<&'static str>) -> Bytes {
+        sse::data_event(&Chunk {
+            id: &self.call.id,
+            object: "chat.completion.chunk",
+            created: self.call.created,
+            model: &self.call.model,
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: finish,
+            }],
+            usage: self.include_usage.then_some(None),
+        })
+    }
+
+    fn usage_chunk(&self, usage: Usage) -> Bytes {
+        sse::data_event(&Chunk {
+            id: &self.call.id,
+            object: "chat.completion.chunk",
+            created: self.call.created,
+            model: &self.call.model,
+            choices: Vec::new(),
+            usage: Some(Some(usage)),
+        })
+    }
+
+    fn fail(&mut self, status: tonic::Status) {
+        let error = ApiError::from(status);
+        self.pending.push_back(sse::raw_event(&error.to_json()));
+        self.done = true;
+    }
+
+    async fn advance(&mut self) {
+        if !self.started {
+            self.started = true;
+            let first = self.chunk(
+                Delta {
+                    role: Some("assistant"),
+                    content: Some(""),
+                },
+                None,
+            );
+            self.pending.push_back(first);
+            return;
+        }
+        match self.events.message().await {
+            Ok(Some(GenerateEvent {
+                event: Some(Event::Delta(delta)),
+            })) => {
+                let frame = self.chunk(
+                    Delta {
+                        role: None,
+                        content: Some(&delta.text),
+                    },
+                    None,
+                );
+                self.pending.push_back(frame);
+            }
+            Ok(Some(GenerateEvent {
+                event: Some(Event::Finished(finished)),
+            })) => {
+                let last = self.chunk(
+                    Delta::default(),
+                    Some(finish_reason(finished.finish_reason)),
+                );
+                self.pending.push_back(last);
+                if self.include_usage {
+                    let usage = self.usage_chunk(finished.usage.unwrap_or_default().into());
+                    self.pending.push_back(usage);
+                }
+                self.pending.push_back(Bytes::from_static(sse::DONE));
+                self.done = true;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => self.fail(tonic::Status::unavailable(
+                "the engine ended the stream without finishing",
+            )),
+            Err(status) => self.fail(status),
+        }
+    }
+
+    fn into_stream(self) -> impl Stream<Item = Result<Bytes, Infallible>> {
+        futures::stream::unfold(self, |mut frames| async move {
+            loop {
+                if let Some(frame) = frames.pending.pop_front() {
+                    return Some((Ok(frame), frames));
+                }
+                if frames.done {
+                    return None;
+                }
+                frames.advance().await;
+            }
+        })
+    }
+}

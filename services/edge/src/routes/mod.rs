@@ -1,0 +1,44 @@
+//! The HTTP surface.
+
+mod chat;
+mod models;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tower_http::trace::TraceLayer;
+
+use crate::Config;
+use crate::state::AppState;
+
+pub fn router(state: AppState, config: &Config) -> Router {
+    let limit = config.max_body_bytes;
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(move |state, request| chat::completions(state, request, limit)),
+        )
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::one))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(not_found)
+        .layer(TraceLayer::new_for_http().make_span_with(http_span))
+        .with_state(state)
+}
+
+async fn not_found(uri: http::Uri) -> crate::ApiError {
+    crate::ApiError::not_found(format!("Unknown request URL: {}", uri.path()))
+}
+
+/// One span per HTTP request, continuing the caller's trace if it sent one.
+fn http_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http",
+        otel.kind = "server",
+        http.method = %request.method(),
+        http.path = %request.uri().path(),
+        request_id = tracing::field::Empty,
+        metadata = tracing::field::Empty,
+    );
+    rungate_common::propagation::adopt_parent(&span, request.headers());
+    span
+}

@@ -1,0 +1,34 @@
+//! The engines a model can be served by. An enum, not a trait object: the set
+//! is closed and known at build time.
+
+use futures::stream::BoxStream;
+use rungate_proto::inference::v1::{ChatMessage, GenerateEvent, GenerateRequest};
+
+use crate::InferenceError;
+use crate::upstream::UpstreamEngine;
+
+pub type EventStream = BoxStream<'static, Result<GenerateEvent, InferenceError>>;
+
+pub enum Engine {
+    Upstream(UpstreamEngine),
+}
+
+impl Engine {
+    /// Starts generation. Dropping the returned stream cancels it.
+    pub async fn generate(
+        &self,
+        request: GenerateRequest,
+        default_max_tokens: u32,
+    ) -> Result<EventStream, InferenceError> {
+        match self {
+            Engine::Upstream(engine) => engine.generate(request, default_max_tokens).await,
+        }
+    }
+
+    /// Prompt tokens for pricing before the call runs.
+    pub fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> u32 {
+        match self {
+            Engine::Upstream(_) => UpstreamEngine::estimate_prompt_tokens(messages),
+        }
+    }
+}

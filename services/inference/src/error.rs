@@ -1,0 +1,59 @@
+//! Inference errors, mapped to gRPC codes in one place.
+
+use tonic::{Code, Status};
+
+/// gRPC metadata key naming the request field an error is about, so the edge
+/// can fill the OpenAI error's `param`.
+pub const PARAM_METADATA: &str = "x-rungate-param";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("the model `{0}` does not exist")]
+    UnknownModel(String),
+    #[error("{message}")]
+    InvalidArgument {
+        param: &'static str,
+        message: String,
+    },
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    #[error("upstream timed out: {0}")]
+    UpstreamTimeout(String),
+    #[error("upstream broke the protocol: {0}")]
+    UpstreamProtocol(String),
+    #[error("upstream rejected the request ({status}): {message}")]
+    UpstreamRejected { status: u16, message: String },
+}
+
+impl From<InferenceError> for Status {
+    fn from(error: InferenceError) -> Self {
+        let code = match &error {
+            InferenceError::Config(_) => Code::FailedPrecondition,
+            InferenceError::UnknownModel(_) => Code::NotFound,
+            InferenceError::InvalidArgument { .. } => Code::InvalidArgument,
+            InferenceError::UpstreamRejected { status, .. } if *status < 500 && *status != 429 => {
+                Code::InvalidArgument
+            }
+            InferenceError::UpstreamRejected { .. } | InferenceError::UpstreamUnavailable(_) => {
+                Code::Unavailable
+            }
+            InferenceError::UpstreamTimeout(_) => Code::DeadlineExceeded,
+            InferenceError::UpstreamProtocol(_) => Code::Internal,
+        };
+        let mut status = Status::new(code, error.to_string());
+        let param = match &error {
+            InferenceError::UnknownModel(_) => Some("model"),
+            InferenceError::InvalidArgument { param, .. } => Some(*param),
+            _ => None,
+        };
+        if let Some(param) = param {
+            status.metadata_mut().insert(
+                PARAM_METADATA,
+                tonic::metadata::MetadataValue::from_static(param),
+            );
+        }
+        status
+    }
+}

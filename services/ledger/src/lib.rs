@@ -1,0 +1,49 @@
+//! RunGate ledger: the only service that touches Postgres. Idempotent,
+//! group-committed writes of authorizations, usage and settlements; receipts
+//! and settlement listings.
+
+pub mod committer;
+pub mod config;
+mod convert;
+pub mod db;
+pub mod error;
+mod reads;
+mod records;
+mod service;
+
+use std::future::Future;
+
+use rungate_proto::ledger::v1::ledger_service_server::{LedgerServiceServer, SERVICE_NAME};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use error::LedgerError;
+
+/// Serves the ledger gRPC API on `listener` until `shutdown` resolves.
+/// Writes acknowledged before shutdown are durable; the committer finishes the
+/// batch in hand before the process exits.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let pool = db::connect(&config).await?;
+    if config.migrate {
+        db::migrate(&pool).await?;
+    }
+    let committer = committer::Committer::spawn(pool.clone(), config.max_batch);
+    tracing::info!(addr = %listener.local_addr()?, "ledger serving");
+    let service = service::LedgerApi::new(pool.clone(), committer.clone());
+    let routes = tonic::service::Routes::new(LedgerServiceServer::new(service));
+    rungate_common::grpc::serve(
+        listener,
+        routes,
+        &[SERVICE_NAME],
+        shutdown,
+        config.drain_timeout,
+    )
+    .await?;
+    committer.close().await;
+    pool.close().await;
+    Ok(())
+}

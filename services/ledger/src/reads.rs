@@ -1,0 +1,107 @@
+//! Read side: receipts and settlement listings.
+
+use rungate_proto::ledger::v1::{
+    ListSettlementsRequest, ListSettlementsResponse, Receipt, Settlement,
+};
+use rungate_proto::types::v1::TokenUsage;
+use sqlx::{PgPool, Row};
+
+use crate::LedgerError;
+use crate::convert::{parse_amount, parse_status};
+
+const MAX_PAGE: u32 = 500;
+
+pub async fn receipt(pool: &PgPool, request_id: &str) -> Result<Receipt, LedgerError> {
+    let row = sqlx::query(
+        "SELECT u.model, u.prompt_tokens, u.completion_tokens,
+                coalesce(u.charged, 0)::text AS charged,
+                a.payer, a.network, s.status::text AS status, s.tx_hash,
+                (extract(epoch FROM coalesce(u.created_at, a.created_at)) * 1000)::bigint AS created_ms
+         FROM (SELECT $1::text AS request_id) r
+         LEFT JOIN usage_records u ON u.request_id = r.request_id
+         LEFT JOIN authorizations a ON a.request_id = r.request_id
+         LEFT JOIN settlements s ON s.request_id = r.request_id
+         WHERE u.request_id IS NOT NULL OR a.request_id IS NOT NULL",
+    )
+    .bind(request_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| LedgerError::NotFound(format!("no receipt `{request_id}`")))?;
+    let tokens = row
+        .get::<Option<i32>, _>("prompt_tokens")
+        .map(|prompt| TokenUsage {
+            prompt_tokens: prompt as u32,
+            completion_tokens: row.get::<Option<i32>, _>("completion_tokens").unwrap_or(0) as u32,
+        });
+    Ok(Receipt {
+        request_id: request_id.to_owned(),
+        model: row.get::<Option<String>, _>("model").unwrap_or_default(),
+        tokens,
+        charged: Some(parse_amount(row.get("charged"))?),
+        payer: row.get::<Option<String>, _>("payer").unwrap_or_default(),
+        network: row.get::<Option<String>, _>("network").unwrap_or_default(),
+        status: row
+            .get::<Option<&str>, _>("status")
+            .map_or(0, |s| parse_status(s) as i32),
+        tx_hash: row.get::<Option<String>, _>("tx_hash").unwrap_or_default(),
+        created_at_ms: row.get("created_ms"),
+    })
+}
+
+/// Newest first, keyset-paginated on the authorization's id.
+pub async fn settlements(
+    pool: &PgPool,
+    request: &ListSettlementsRequest,
+) -> Result<ListSettlementsResponse, LedgerError> {
+    if request.payer.is_empty() {
+        return Err(LedgerError::InvalidArgument("payer is required".into()));
+    }
+    let page_size = match request.page_size {
+        0 => 50,
+        n => n.min(MAX_PAGE),
+    };
+    let before = if request.page_token.is_empty() {
+        i64::MAX
+    } else {
+        request
+            .page_token
+            .parse()
+            .map_err(|_| LedgerError::InvalidArgument("page_token is not one we issued".into()))?
+    };
+    let rows = sqlx::query(
+        "SELECT a.id, a.request_id, a.network, a.payer, a.amount::text AS amount,
+                s.status::text AS status, coalesce(s.tx_hash, '') AS tx_hash,
+                (extract(epoch FROM s.updated_at) * 1000)::bigint AS updated_ms
+         FROM authorizations a JOIN settlements s ON s.request_id = a.request_id
+         WHERE a.payer = lower($1) AND a.id < $2
+         ORDER BY a.id DESC LIMIT $3",
+    )
+    .bind(&request.payer)
+    .bind(before)
+    .bind(i64::from(page_size) + 1)
+    .fetch_all(pool)
+    .await?;
+    let more = rows.len() > page_size as usize;
+    let mut settlements = Vec::with_capacity(rows.len().min(page_size as usize));
+    let mut last_id = 0i64;
+    for row in rows.iter().take(page_size as usize) {
+        last_id = row.get("id");
+        settlements.push(Settlement {
+            request_id: row.get("request_id"),
+            network: row.get("network"),
+            payer: row.get("payer"),
+            amount: Some(parse_amount(row.get("amount"))?),
+            status: parse_status(row.get("status")) as i32,
+            tx_hash: row.get("tx_hash"),
+            updated_at_ms: row.get("updated_ms"),
+        });
+    }
+    Ok(ListSettlementsResponse {
+        settlements,
+        next_page_token: if more {
+            last_id.to_string()
+        } else {
+            String::new()
+        },
+    })
+}

@@ -1,0 +1,203 @@
+//! Applying one write inside the committer's transaction. Each write runs in
+//! its own savepoint so a refused write never takes its batch-mates down.
+
+use prost::Message;
+use rungate_proto::ledger::v1::{
+    Authorization, LedgerWrite, SettlementStatus, SettlementUpdate, Usage, WriteOutcome,
+    ledger_write::Record,
+};
+use sqlx::{PgConnection, Row};
+
+use crate::convert::{amount_text, may_advance, parse_status, status_label};
+
+/// Why a write changed nothing.
+pub enum Refusal {
+    Conflict(String),
+    Rejected(String),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Refusal {
+    fn from(error: sqlx::Error) -> Self {
+        match error.as_database_error().and_then(|e| e.code()).as_deref() {
+            // unique_violation: the fact is already recorded under another key.
+            Some("23505") => Refusal::Conflict(
+                error
+                    .as_database_error()
+                    .map_or_else(String::new, |e| e.message().to_owned()),
+            ),
+            // check, foreign key, not-null violations, bad enum or numeric text.
+            Some("23514" | "23503" | "23502" | "22P02" | "22003") => Refusal::Rejected(
+                error
+                    .as_database_error()
+                    .map_or_else(String::new, |e| e.message().to_owned()),
+            ),
+            _ => Refusal::Database(error),
+        }
+    }
+}
+
+/// Applies `write`: records it, or recognises a replay of an earlier write.
+pub async fn apply(conn: &mut PgConnection, write: &LedgerWrite) -> Result<WriteOutcome, Refusal> {
+    if write.idempotency_key.is_empty() {
+        return Err(Refusal::Rejected("idempotency_key is required".into()));
+    }
+    let Some(record) = &write.record else {
+        return Err(Refusal::Rejected("the write has no record".into()));
+    };
+    let payload = write.encode_to_vec();
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (key, payload) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(&write.idempotency_key)
+    .bind(&payload)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        let first: Vec<u8> =
+            sqlx::query_scalar("SELECT payload FROM idempotency_keys WHERE key = $1")
+                .bind(&write.idempotency_key)
+                .fetch_one(&mut *conn)
+                .await?;
+        return if first == payload {
+            Ok(WriteOutcome::Duplicate)
+        } else {
+            Err(Refusal::Conflict(format!(
+                "idempotency key `{}` was used for another write",
+                write.idempotency_key
+            )))
+        };
+    }
+    match record {
+        Record::Authorization(a) => authorization(conn, a).await?,
+        Record::Usage(u) => usage(conn, u).await?,
+        Record::Settlement(s) => settlement(conn, s).await?,
+    }
+    Ok(WriteOutcome::Applied)
+}
+
+fn required(field: &str, value: &str) -> Result<(), Refusal> {
+    if value.is_empty() {
+        Err(Refusal::Rejected(format!("{field} is required")))
+    } else {
+        Ok(())
+    }
+}
+
+async fn authorization(conn: &mut PgConnection, a: &Authorization) -> Result<(), Refusal> {
+    for (field, value) in [
+        ("request_id", &a.request_id),
+        ("network", &a.network),
+        ("asset", &a.asset),
+        ("payer", &a.payer),
+        ("pay_to", &a.pay_to),
+        ("nonce", &a.nonce),
+        ("signature", &a.signature),
+        ("scheme", &a.scheme),
+    ] {
+        required(field, value)?;
+    }
+    // Addresses and nonces are hex: compare them case-insensitively.
+    sqlx::query(
+        "INSERT INTO authorizations (request_id, network, asset, payer, pay_to, amount,
+             valid_after, valid_before, nonce, signature, scheme, x402_version)
+         VALUES ($1, $2, lower($3), lower($4), lower($5), $6::numeric,
+             $7::numeric, $8::numeric, lower($9), $10, $11, $12)",
+    )
+    .bind(&a.request_id)
+    .bind(&a.network)
+    .bind(&a.asset)
+    .bind(&a.payer)
+    .bind(&a.pay_to)
+    .bind(amount_text(a.amount))
+    .bind(a.valid_after.to_string())
+    .bind(a.valid_before.to_string())
+    .bind(&a.nonce)
+    .bind(&a.signature)
+    .bind(&a.scheme)
+    .bind(a.x402_version as i32)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO settlements (request_id, status) VALUES ($1, 'authorized')")
+        .bind(&a.request_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO settlement_events (request_id, status) VALUES ($1, 'authorized')")
+        .bind(&a.request_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn usage(conn: &mut PgConnection, u: &Usage) -> Result<(), Refusal> {
+    required("request_id", &u.request_id)?;
+    required("model", &u.model)?;
+    let tokens = u.tokens.unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO usage_records (request_id, model, prompt_tokens, completion_tokens,
+             quoted, charged, engine, finish_reason)
+         VALUES ($1, $2, $3, $4, $5::numeric, $6::numeric, $7, $8)",
+    )
+    .bind(&u.request_id)
+    .bind(&u.model)
+    .bind(i64::from(tokens.prompt_tokens))
+    .bind(i64::from(tokens.completion_tokens))
+    .bind(amount_text(u.quoted))
+    .bind(amount_text(u.charged))
+    .bind(&u.engine)
+    .bind(&u.finish_reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn settlement(conn: &mut PgConnection, s: &SettlementUpdate) -> Result<(), Refusal> {
+    required("request_id", &s.request_id)?;
+    let to = SettlementStatus::try_from(s.status).unwrap_or(SettlementStatus::Unspecified);
+    let label = status_label(to).ok_or_else(|| Refusal::Rejected("status is required".into()))?;
+    let current = sqlx::query(
+        "SELECT status::text AS status FROM settlements WHERE request_id = $1 FOR UPDATE",
+    )
+    .bind(&s.request_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Refusal::Rejected(format!("no authorization for request `{}`", s.request_id)))?;
+    let from = parse_status(current.get::<&str, _>("status"));
+    if !may_advance(from, to) {
+        return Err(Refusal::Conflict(format!(
+            "settlement of `{}` cannot move from {} to {label}",
+            s.request_id,
+            status_label(from).unwrap_or("unknown")
+        )));
+    }
+    let tx_hash = (!s.tx_hash.is_empty()).then_some(s.tx_hash.as_str());
+    let block = (s.block_number > 0).then_some(s.block_number as i64);
+    let error = (!s.error.is_empty()).then_some(s.error.as_str());
+    sqlx::query(
+        "UPDATE settlements SET status = $2::settlement_status,
+             tx_hash = coalesce($3, tx_hash), block_number = coalesce($4, block_number),
+             attempts = attempts + CASE WHEN $2 = 'settling' THEN 1 ELSE 0 END,
+             last_error = $5, updated_at = now()
+         WHERE request_id = $1",
+    )
+    .bind(&s.request_id)
+    .bind(label)
+    .bind(tx_hash)
+    .bind(block)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO settlement_events (request_id, status, tx_hash, block_number, error)
+         VALUES ($1, $2::settlement_status, $3, $4, $5)",
+    )
+    .bind(&s.request_id)
+    .bind(label)
+    .bind(tx_hash)
+    .bind(block)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! The gRPC face of the ledger.
+
+use futures::StreamExt;
+use rungate_proto::ledger::v1::ledger_service_server::LedgerService;
+use rungate_proto::ledger::v1::{
+    GetReceiptRequest, LedgerWrite, ListSettlementsRequest, ListSettlementsResponse, Receipt,
+    WriteAck, WriteAcks, WriteBatch,
+};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::committer::Committer;
+use crate::reads;
+
+pub struct LedgerApi {
+    pool: PgPool,
+    committer: Committer,
+}
+
+impl LedgerApi {
+    pub fn new(pool: PgPool, committer: Committer) -> Self {
+        Self { pool, committer }
+    }
+}
+
+#[tonic::async_trait]
+impl LedgerService for LedgerApi {
+    type WriteStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<WriteAcks, Status>> + Send>>;
+
+    /// Batches are acked in the order they arrive; several batches of one
+    /// stream may be in the committer at once, so a client can pipeline.
+    async fn write(
+        &self,
+        request: Request<Streaming<WriteBatch>>,
+    ) -> Result<Response<Self::WriteStream>, Status> {
+        let committer = self.committer.clone();
+        let acks = request
+            .into_inner()
+            .map(move |batch| {
+                let committer = committer.clone();
+                async move {
+                    let batch = batch?;
+                    let acks = committer.submit(batch.writes).await?;
+                    Ok(WriteAcks { acks })
+                }
+            })
+            .buffered(64)
+            .scan(false, |failed, item: Result<WriteAcks, Status>| {
+                // After the first error the stream ends: the client resends what was not acked.
+                let emit = (!*failed).then_some(item);
+                if let Some(Err(_)) = &emit {
+                    *failed = true;
+                }
+                futures::future::ready(emit)
+            });
+        Ok(Response::new(Box::pin(acks)))
+    }
+
+    async fn write_one(&self, request: Request<LedgerWrite>) -> Result<Response<WriteAck>, Status> {
+        let mut acks = self.committer.submit(vec![request.into_inner()]).await?;
+        let ack = acks
+            .pop()
+            .ok_or_else(|| Status::internal("the committer lost a write"))?;
+        Ok(Response::new(ack))
+    }
+
+    async fn get_receipt(
+        &self,
+        request: Request<GetReceiptRequest>,
+    ) -> Result<Response<Receipt>, Status> {
+        Ok(Response::new(
+            reads::receipt(&self.pool, &request.into_inner().request_id).await?,
+        ))
+    }
+
+    async fn list_settlements(
+        &self,
+        request: Request<ListSettlementsRequest>,
+    ) -> Result<Response<ListSettlementsResponse>, Status> {
+        Ok(Response::new(
+            reads::settlements(&self.pool, request.get_ref()).await?,
+        ))
+    }
+}
