@@ -18,6 +18,8 @@ pub struct TestCluster {
     pub ledger_url: String,
     pub database_url: String,
     pub upstream: FakeUpstream,
+    /// Base URL of the fake upstream; behaviours live under `/<mode>/v1`.
+    pub upstream_url: String,
 }
 
 static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
@@ -103,10 +105,10 @@ fn start() -> anyhow::Result<TestCluster> {
 #[allow(unsafe_code)]
 fn stop_postgres_at_exit() {
     extern "C" fn stop() {
-        if let Ok(mut postgres) = POSTGRES.lock() {
-            if let Some(mut postgres) = postgres.take() {
-                postgres.stop();
-            }
+        if let Ok(mut postgres) = POSTGRES.lock()
+            && let Some(mut postgres) = postgres.take()
+        {
+            postgres.stop();
         }
     }
     // SAFETY: registering a plain `extern "C" fn` with no captured state.
@@ -122,14 +124,14 @@ async fn bind() -> anyhow::Result<(TcpListener, SocketAddr)> {
 }
 
 async fn boot(postgres: Postgres) -> anyhow::Result<TestCluster> {
-    if std::env::var_os("RUST_LOG").is_some() {
-        // Kept for the life of the process: spans flush as they close.
-        std::mem::forget(rungate_common::telemetry::init(
-            "rungate-tests",
-            rungate_common::telemetry::LogFormat::Pretty,
-            None,
-        )?);
-    }
+    // Spans get trace contexts (so propagation is real); logs stay at warn
+    // unless RUST_LOG asks for more. Kept for the life of the process.
+    std::mem::forget(rungate_common::telemetry::init_with_log_filter(
+        "rungate-tests",
+        rungate_common::telemetry::LogFormat::Pretty,
+        None,
+        "warn",
+    )?);
     let database_url = postgres.url.clone();
     *POSTGRES.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(postgres);
     stop_postgres_at_exit();
@@ -185,6 +187,7 @@ async fn boot(postgres: Postgres) -> anyhow::Result<TestCluster> {
         ledger_url: format!("http://{ledger_addr}"),
         database_url,
         upstream,
+        upstream_url,
     };
     for url in [
         &cluster.ledger_url,
@@ -211,10 +214,10 @@ pub async fn wait_serving(url: &str) -> anyhow::Result<()> {
                     service: String::new(),
                 })
                 .await;
-            if let Ok(response) = status {
-                if response.into_inner().status == ServingStatus::Serving as i32 {
-                    return Ok(());
-                }
+            if let Ok(response) = status
+                && response.into_inner().status == ServingStatus::Serving as i32
+            {
+                return Ok(());
             }
         }
         if tokio::time::Instant::now() > deadline {

@@ -7,7 +7,10 @@
 //! - `/slow/v1`: waits 5 s before the first byte.
 //! - `/drop/v1`: sends two words, then closes the connection without finishing.
 //!
-//! Every request body it receives is kept, so tests can check what was sent.
+//! - `/trickle/v1`: like `ok`, 100 ms between chunks.
+//!
+//! Every request it receives is kept (body and `traceparent`), so tests can
+//! check what was sent.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +26,14 @@ use tokio::net::TcpListener;
 
 #[derive(Clone, Default)]
 pub struct FakeUpstream {
-    pub requests: Arc<Mutex<Vec<(String, Value)>>>,
+    requests: Arc<Mutex<Vec<Received>>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub mode: String,
+    pub body: Value,
+    pub traceparent: Option<String>,
 }
 
 impl FakeUpstream {
@@ -39,14 +49,17 @@ impl FakeUpstream {
 
     /// Request bodies received under `mode`, oldest first.
     pub fn received(&self, mode: &str) -> Vec<Value> {
+        self.requests_under(mode)
+            .into_iter()
+            .map(|r| r.body)
+            .collect()
+    }
+
+    /// Requests received under `mode`, oldest first.
+    pub fn requests_under(&self, mode: &str) -> Vec<Received> {
         self.requests
             .lock()
-            .map(|r| {
-                r.iter()
-                    .filter(|(m, _)| m == mode)
-                    .map(|(_, b)| b.clone())
-                    .collect()
-            })
+            .map(|r| r.iter().filter(|r| r.mode == mode).cloned().collect())
             .unwrap_or_default()
     }
 }
@@ -58,11 +71,19 @@ fn words(text: &str) -> u32 {
 async fn completions(
     State(fake): State<FakeUpstream>,
     Path(mode): Path<String>,
+    headers: http::HeaderMap,
     body: axum::Json<Value>,
 ) -> Response {
     let body = body.0;
     if let Ok(mut requests) = fake.requests.lock() {
-        requests.push((mode.clone(), body.clone()));
+        requests.push(Received {
+            mode: mode.clone(),
+            body: body.clone(),
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        });
     }
     match mode.as_str() {
         "fail500" => {
@@ -127,9 +148,10 @@ async fn completions(
                       "total_tokens": prompt_tokens as usize + pieces.len()}}),
         );
     }
+    let pause = Duration::from_millis(if mode == "trickle" { 100 } else { 2 });
     let stream = futures::stream::iter(frames.into_iter().map(|frame| frame.to_string()))
-        .then(|data| async move {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        .then(move |data| async move {
+            tokio::time::sleep(pause).await;
             Ok::<_, std::io::Error>(Bytes::from(format!("data: {data}\n\n")))
         })
         .chain(futures::stream::iter(

@@ -24,10 +24,10 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         for dir in std::env::split_paths(&path) {
             // PATH may hold symlinks (e.g. /usr/local/bin/initdb): the real
             // directory also has postgres and pg_isready.
-            if let Ok(initdb) = dir.join("initdb").canonicalize() {
-                if let Some(bin) = initdb.parent().filter(|b| b.join("pg_isready").is_file()) {
-                    return Ok(bin.to_path_buf());
-                }
+            if let Ok(initdb) = dir.join("initdb").canonicalize()
+                && let Some(bin) = initdb.parent().filter(|b| b.join("pg_isready").is_file())
+            {
+                return Ok(bin.to_path_buf());
             }
         }
     }
@@ -81,6 +81,7 @@ impl Postgres {
         }
         let bin = bin_dir()?;
         let identity = server_identity()?;
+        sweep_abandoned();
         let dir =
             std::env::temp_dir().join(format!("rungate-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir(&dir)?;
@@ -216,6 +217,36 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Deletes the files of earlier throwaway servers whose process is gone (a
+/// run killed with SIGKILL cannot clean up after itself).
+fn sweep_abandoned() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("rungate-pg-"));
+        if !ours {
+            continue;
+        }
+        let pid = std::fs::read_to_string(dir.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().map(str::to_owned));
+        let alive = pid.is_some_and(|pid| Path::new("/proc").join(pid.trim()).exists());
+        // A dir without a pid file may be one another run is initialising right now.
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(120));
+        if !alive && !young {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
 

@@ -1,1 +1,52 @@
-fn main() {}
+//! Project tasks: `cargo xtask dev` starts the local cluster, `cargo xtask test` runs every test.
+
+mod dev;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "RunGate project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build and start the whole cluster locally (Postgres + four services) until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Run the test suite (what CI runs).
+    Test(test::TestArgs),
+}
+
+/// A cargo command without the variables `cargo run` set for this process:
+/// build scripts (ring's among them) watch some of them, and would otherwise
+/// rebuild half the tree each time an xtask calls cargo.
+pub fn cargo() -> std::process::Command {
+    let mut command =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_by_cargo_run = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_BIN_",
+            "CARGO_CRATE_",
+        ]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+            || matches!(key, "CARGO_PRIMARY_PACKAGE" | "CARGO_RUSTC_CURRENT_DIR");
+        if set_by_cargo_run {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Dev(args) => dev::run(args),
+        Task::Test(args) => test::run(args),
+    }
+}

@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::ServingStatus;
-use tower_http::trace::TraceLayer;
+use tower::util::MapResponseLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+use crate::cutoff::CutOff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
@@ -53,8 +57,20 @@ pub async fn serve(
         .add_service(reflection().build_v1alpha()?);
 
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+    let deadline = CancellationToken::new();
+    let cut_off = deadline.clone();
     let server = Server::builder()
-        .layer(TraceLayer::new_for_grpc().make_span_with(crate::propagation::grpc_server_span))
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(crate::propagation::grpc_server_span)
+                // NotFound, InvalidArgument & co. are answers, not server failures.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(MapResponseLayer::new(
+            move |response: http::Response<tonic::body::Body>| {
+                response.map(|body| CutOff::wrap(body, &cut_off))
+            },
+        ))
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stopped.await;
@@ -79,8 +95,9 @@ pub async fn serve(
         Err(_) => {
             tracing::warn!(
                 ?drain,
-                "drain deadline passed; dropping calls still in flight"
+                "drain deadline passed; ending calls still in flight"
             );
+            deadline.cancel();
             Ok(())
         }
     }

@@ -3,6 +3,7 @@
 //! drain) and shutdown signals.
 
 pub mod args;
+mod cutoff;
 pub mod grpc;
 pub mod propagation;
 pub mod shutdown;

@@ -43,6 +43,20 @@ pub fn init(
     format: LogFormat,
     otlp_endpoint: Option<&str>,
 ) -> Result<TelemetryGuard, TelemetryError> {
+    init_with_log_filter(service, format, otlp_endpoint, DEFAULT_LOG_FILTER)
+}
+
+const DEFAULT_LOG_FILTER: &str = "info,h2=warn,hyper=warn,tower=warn,sqlx=warn";
+
+/// `init` with another default log filter (`RUST_LOG` still wins). The filter
+/// applies to logs only: spans always reach OpenTelemetry, so traces stay
+/// whole even when logs are quiet.
+pub fn init_with_log_filter(
+    service: &'static str,
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+    default_log_filter: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let resource = opentelemetry_sdk::Resource::builder()
@@ -60,16 +74,17 @@ pub fn init(
     let provider = builder.build();
     let tracer = provider.tracer(service);
 
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,sqlx=warn"));
+    let log_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log_filter));
     let fmt = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(false).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
     };
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(log_filter))
         .with(otel)
         .try_init()
         .is_ok();

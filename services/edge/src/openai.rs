@@ -165,15 +165,13 @@ impl ChatRequest {
             Some((_, n)) => Some(n as u32),
             None => None,
         };
-        if let Some(n) = integer(&body, "n")? {
-            if n != 1 {
-                return Err(ApiError::invalid(
-                    Some("n".into()),
-                    format!(
-                        "Invalid 'n': RunGate returns one choice per call (n must be 1, got {n})."
-                    ),
-                ));
-            }
+        if let Some(n) = integer(&body, "n")?
+            && n != 1
+        {
+            return Err(ApiError::invalid(
+                Some("n".into()),
+                format!("Invalid 'n': RunGate returns one choice per call (n must be 1, got {n})."),
+            ));
         }
         let seed = match integer(&body, "seed")? {
             Some(seed) if seed < 0 => {

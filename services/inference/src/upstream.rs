@@ -127,7 +127,14 @@ impl Upstream {
     /// every failure before the first token can still fail over.
     async fn open(&self, body: Value) -> Result<EventStream, InferenceError> {
         let opening = async {
-            let mut call = self.client.post(&self.completions_url).json(&body);
+            // The upstream joins our trace if it speaks W3C TraceContext (vLLM does).
+            let mut trace = http::HeaderMap::new();
+            rungate_common::propagation::inject_current(&mut trace);
+            let mut call = self
+                .client
+                .post(&self.completions_url)
+                .headers(trace)
+                .json(&body);
             if let Some(key) = &self.api_key {
                 call = call.bearer_auth(key);
             }
@@ -196,10 +203,10 @@ fn request_body(
             if let Some(id) = &m.tool_call_id {
                 message["tool_call_id"] = json!(id);
             }
-            if let Some(calls) = &m.tool_calls_json {
-                if let Ok(calls) = serde_json::from_str::<Value>(calls) {
-                    message["tool_calls"] = calls;
-                }
+            if let Some(calls) = &m.tool_calls_json
+                && let Ok(calls) = serde_json::from_str::<Value>(calls)
+            {
+                message["tool_calls"] = calls;
             }
             message
         })
@@ -344,12 +351,12 @@ impl ChunkStream {
             )));
         }
         if let Some(choice) = chunk.pointer("/choices/0") {
-            if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
-                if !text.is_empty() {
-                    self.pending.push_back(event(Event::Delta(TextDelta {
-                        text: text.to_owned(),
-                    })));
-                }
+            if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str)
+                && !text.is_empty()
+            {
+                self.pending.push_back(event(Event::Delta(TextDelta {
+                    text: text.to_owned(),
+                })));
             }
             if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                 self.finish_reason = Some(match reason {

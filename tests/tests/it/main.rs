@@ -5,4 +5,6 @@ mod billing;
 mod chat;
 mod health;
 mod ledger;
+mod shutdown;
 mod support;
+mod tracing;

@@ -1,0 +1,276 @@
+//! `cargo xtask dev`: builds the services, starts a throwaway Postgres and the
+//! four services as separate processes talking gRPC over loopback, waits until
+//! each is healthy, prints how to call it, and on Ctrl-C stops everything in
+//! order (edge first, so no request arrives at a stopped service).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rungate_tests::postgres::{Postgres, die_with_parent};
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Port of the edge, the public HTTP API.
+    #[arg(long, env = "RUNGATE_EDGE_PORT", default_value_t = 8080)]
+    port: u16,
+    /// Model registry served by the inference service.
+    #[arg(long, default_value = "config/models.toml")]
+    models_file: PathBuf,
+    /// Price table used by billing.
+    #[arg(long, default_value = "config/prices.toml")]
+    prices_file: PathBuf,
+    /// Start, check every service, then stop as Ctrl-C would, failing on any
+    /// unclean exit (what `cargo xtask test` runs).
+    #[arg(long)]
+    smoke: bool,
+}
+
+impl DevArgs {
+    pub fn smoke() -> Self {
+        Self {
+            port: 0,
+            models_file: "config/models.toml".into(),
+            prices_file: "config/prices.toml".into(),
+            smoke: true,
+        }
+    }
+}
+
+struct Service {
+    name: &'static str,
+    child: Child,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn bin_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("debug")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(bin: &Path, name: &'static str, env: &[(&str, String)]) -> anyhow::Result<Service> {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(bin.join(name));
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    // Own process group: the terminal's Ctrl-C reaches only us, and we stop
+    // the services in order. PDEATHSIG covers us being killed outright.
+    command.process_group(0);
+    die_with_parent(&mut command);
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Service { name, child })
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    let root = root();
+    std::env::set_current_dir(&root)?;
+    // The whole workspace, so features unify exactly as for `cargo test`
+    // and the two never rebuild each other's dependencies.
+    let built = crate::cargo()
+        .args(["build", "--workspace", "--bins"])
+        .status()?;
+    if !built.success() {
+        bail!("building the services failed");
+    }
+    let bin = bin_dir(&root);
+
+    eprintln!("starting Postgres…");
+    let mut postgres = Postgres::start(true)?;
+    let ports = [free_port()?, free_port()?, free_port()?];
+    let edge_port = if args.port == 0 {
+        free_port()?
+    } else {
+        args.port
+    };
+    let [ledger_port, billing_port, inference_port] = ports;
+    let url = |port: u16| format!("http://127.0.0.1:{port}");
+    let common =
+        |listen_var: &'static str, port: u16| vec![(listen_var, format!("127.0.0.1:{port}"))];
+
+    let mut services = Vec::new();
+    let started = (|| -> anyhow::Result<()> {
+        let mut env = common("RUNGATE_LEDGER_LISTEN", ledger_port);
+        env.push(("DATABASE_URL", postgres.url.clone()));
+        services.push(spawn(&bin, "rungate-ledger", &env)?);
+
+        let mut env = common("RUNGATE_BILLING_LISTEN", billing_port);
+        env.push((
+            "RUNGATE_PRICES_FILE",
+            args.prices_file.display().to_string(),
+        ));
+        services.push(spawn(&bin, "rungate-billing", &env)?);
+
+        let mut env = common("RUNGATE_INFERENCE_LISTEN", inference_port);
+        env.push((
+            "RUNGATE_MODELS_FILE",
+            args.models_file.display().to_string(),
+        ));
+        services.push(spawn(&bin, "rungate-inference", &env)?);
+
+        let mut env = common("RUNGATE_EDGE_LISTEN", edge_port);
+        env.push(("RUNGATE_INFERENCE_URL", url(inference_port)));
+        services.push(spawn(&bin, "rungate-edge", &env)?);
+        Ok(())
+    })();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let edge = url(edge_port);
+    let outcome = started.and_then(|()| {
+        runtime.block_on(async {
+            for port in [ledger_port, billing_port, inference_port] {
+                wait_healthy(&url(port), &mut services).await?;
+            }
+            wait_http(&format!("{edge}/healthz"), &mut services).await?;
+            let models = first_model(&edge).await?;
+            banner(&edge, &postgres.url, models.as_deref(), [ledger_port, billing_port, inference_port]);
+            if args.smoke {
+                return Ok(());
+            }
+            tokio::select! {
+                () = rungate_common::shutdown::signal() => eprintln!("stopping the cluster…"),
+                exited = watch_exits(&mut services) => eprintln!("{exited} exited; stopping the cluster…"),
+            }
+            Ok(())
+        })
+    });
+
+    let clean = stop_all(&mut services);
+    postgres.stop();
+    eprintln!("stopped: no service or Postgres left running");
+    outcome?;
+    if args.smoke && !clean {
+        bail!("a service did not shut down cleanly");
+    }
+    Ok(())
+}
+
+async fn wait_healthy(url: &str, services: &mut [Service]) -> anyhow::Result<()> {
+    tokio::select! {
+        result = rungate_tests::cluster::wait_serving(url) => result,
+        name = watch_exits(services) => bail!("{name} exited during startup"),
+    }
+}
+
+async fn wait_http(url: &str, services: &mut [Service]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        if let Some(name) = exited(services) {
+            bail!("{name} exited during startup");
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not answer within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Lists models through the edge (edge → inference over gRPC) and returns the first id.
+async fn first_model(edge: &str) -> anyhow::Result<Option<String>> {
+    let response = reqwest::get(format!("{edge}/v1/models")).await?;
+    if !response.status().is_success() {
+        bail!("GET /v1/models answered {}", response.status());
+    }
+    let list: serde_json::Value = response.json().await?;
+    if list["object"] != "list" {
+        bail!("GET /v1/models answered {list}");
+    }
+    Ok(list["data"][0]["id"].as_str().map(str::to_owned))
+}
+
+fn banner(edge: &str, database: &str, model: Option<&str>, [ledger, billing, inference]: [u16; 3]) {
+    let model_hint = model.unwrap_or("<a model id from config/models.toml>");
+    eprintln!(
+        r#"
+RunGate is up.
+  edge (OpenAI HTTP)   {edge}
+  inference (gRPC)     127.0.0.1:{inference}
+  billing (gRPC)       127.0.0.1:{billing}
+  ledger (gRPC)        127.0.0.1:{ledger}
+  Postgres             {database}
+
+Try:
+  curl -s {edge}/v1/models
+  curl -s {edge}/v1/chat/completions -H 'content-type: application/json' \
+    -d '{{"model":"{model_hint}","messages":[{{"role":"user","content":"What is the capital of France?"}}]}}'
+{none}
+Ctrl-C stops everything.
+"#,
+        none = if model.is_none() {
+            "\n  (no models are configured yet: add one to config/models.toml)\n"
+        } else {
+            ""
+        }
+    );
+}
+
+fn exited(services: &mut [Service]) -> Option<&'static str> {
+    services
+        .iter_mut()
+        .find_map(|s| matches!(s.child.try_wait(), Ok(Some(_))).then_some(s.name))
+}
+
+async fn watch_exits(services: &mut [Service]) -> &'static str {
+    loop {
+        if let Some(name) = exited(services) {
+            return name;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGTERM in reverse start order, each given time to drain; returns whether
+/// every service exited by itself with success.
+fn stop_all(services: &mut Vec<Service>) -> bool {
+    let mut clean = true;
+    while let Some(mut service) = services.pop() {
+        let pid = service.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            match service.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => break None,
+            }
+        };
+        match status {
+            Some(status) if status.success() => eprintln!("{} stopped", service.name),
+            Some(status) => {
+                clean = false;
+                eprintln!("{} exited with {status}", service.name);
+            }
+            None => {
+                clean = false;
+                eprintln!("{} did not stop in 15 s; killing it", service.name);
+                let _ = service.child.kill();
+                let _ = service.child.wait();
+            }
+        }
+    }
+    clean
+}
