@@ -1,0 +1,14 @@
+# One image with the four RunGate services; docker-compose.yml picks the binary.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bins \
+      -p rungate-edge -p rungate-billing -p rungate-inference -p rungate-ledger
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* && useradd --system rungate
+COPY --from=build /src/target/release/rungate-edge /src/target/release/rungate-billing \
+     /src/target/release/rungate-inference /src/target/release/rungate-ledger /usr/local/bin/
+COPY config /etc/rungate
+USER rungate
