@@ -20,6 +20,8 @@ pub struct TestCluster {
     pub upstream: FakeUpstream,
     /// Base URL of the fake upstream; behaviours live under `/<mode>/v1`.
     pub upstream_url: String,
+    /// The inference service's registry, for engine metrics.
+    pub registry: rungate_inference::registry::Registry,
 }
 
 static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
@@ -35,10 +37,16 @@ pub fn cluster() -> &'static TestCluster {
     }
 }
 
-/// Registry for the inference service: one model per fake-upstream behaviour.
-fn models_toml(upstream: &str) -> String {
+/// Registry for the inference service: one model per fake-upstream
+/// behaviour, and the tiny local GGUF.
+fn models_toml(upstream: &str, tiny: &std::path::Path) -> String {
     format!(
         r#"
+[[models]]
+id = "tiny-local"
+default_max_tokens = 16
+engine = {{ kind = "local", path = "{tiny}", threads = 1, max_concurrent = 2, max_queue = 64 }}
+
 [[models]]
 id = "fake-echo"
 engine = {{ kind = "upstream", upstreams = [{{ base_url = "{upstream}/ok/v1", model = "echo-1" }}] }}
@@ -52,6 +60,10 @@ engine = {{ kind = "upstream", upstreams = [
 ] }}
 
 [[models]]
+id = "fake-trickle"
+engine = {{ kind = "upstream", upstreams = [{{ base_url = "{upstream}/trickle/v1" }}] }}
+
+[[models]]
 id = "fake-drop"
 engine = {{ kind = "upstream", upstreams = [{{ base_url = "{upstream}/drop/v1" }}] }}
 
@@ -62,7 +74,8 @@ engine = {{ kind = "upstream", upstreams = [{{ base_url = "{upstream}/slow/v1", 
 [[models]]
 id = "fake-refused"
 engine = {{ kind = "upstream", upstreams = [{{ base_url = "http://127.0.0.1:9/v1", connect_timeout_ms = 300 }}] }}
-"#
+"#,
+        tiny = tiny.display()
     )
 }
 
@@ -161,13 +174,21 @@ async fn boot(postgres: Postgres) -> anyhow::Result<TestCluster> {
     });
 
     let (listener, inference_addr) = bind().await?;
+    let tiny = crate::fixtures::tiny_gguf()?;
     let inference = rungate_inference::Config {
         models_file: None,
-        models_toml: Some(models_toml(&upstream_url)),
+        models_toml: Some(models_toml(&upstream_url, &tiny)),
         drain_timeout: Duration::from_secs(5),
     };
+    let registry = tokio::task::spawn_blocking(move || {
+        rungate_inference::registry::Registry::from_config(&inference)
+    })
+    .await??;
+    let serving = registry.clone();
     tokio::spawn(async move {
-        if let Err(error) = rungate_inference::serve(listener, inference, never()).await {
+        let served =
+            rungate_inference::serve_registry(listener, serving, never(), Duration::from_secs(5));
+        if let Err(error) = served.await {
             eprintln!("inference stopped: {error:#}");
         }
     });
@@ -188,6 +209,7 @@ async fn boot(postgres: Postgres) -> anyhow::Result<TestCluster> {
         database_url,
         upstream,
         upstream_url,
+        registry,
     };
     for url in [
         &cluster.ledger_url,

@@ -27,6 +27,45 @@ use tokio::net::TcpListener;
 #[derive(Clone, Default)]
 pub struct FakeUpstream {
     requests: Arc<Mutex<Vec<Received>>>,
+    aborted: Arc<Mutex<Vec<String>>>,
+}
+
+/// Records a response stream dropped before its end (the caller went away).
+struct AbortWatch {
+    aborted: Arc<Mutex<Vec<String>>>,
+    prompt: String,
+    finished: bool,
+}
+
+/// A response stream that marks its watch finished when it ends.
+struct Watched<S> {
+    inner: std::pin::Pin<Box<S>>,
+    watch: AbortWatch,
+}
+
+impl<S: futures::Stream> futures::Stream for Watched<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        let next = self.inner.as_mut().poll_next(cx);
+        if let std::task::Poll::Ready(None) = next {
+            self.watch.finished = true;
+        }
+        next
+    }
+}
+
+impl Drop for AbortWatch {
+    fn drop(&mut self) {
+        if !self.finished
+            && let Ok(mut aborted) = self.aborted.lock()
+        {
+            aborted.push(std::mem::take(&mut self.prompt));
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -45,6 +84,14 @@ impl FakeUpstream {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
+    }
+
+    /// Whether the response to the call whose last user message is
+    /// `prompt` was abandoned by its client before the end.
+    pub fn was_aborted(&self, prompt: &str) -> bool {
+        self.aborted
+            .lock()
+            .is_ok_and(|aborted| aborted.iter().any(|p| p == prompt))
     }
 
     /// Request bodies received under `mode`, oldest first.
@@ -163,9 +210,17 @@ async fn completions(
                 "dropped",
             ))
         })));
+    let watched = Watched {
+        inner: Box::pin(stream),
+        watch: AbortWatch {
+            aborted: fake.aborted.clone(),
+            prompt: last_user.clone(),
+            finished: dropping,
+        },
+    };
     Response::builder()
         .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
+        .body(Body::from_stream(watched))
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod fake_upstream;
+pub mod fixtures;
 pub mod postgres;
 
 pub use cluster::{TestCluster, cluster};

@@ -49,6 +49,37 @@ pub enum EngineEntry {
     /// Any OpenAI-compatible server; the upstreams are tried in order before
     /// the first token (failover), never after.
     Upstream { upstreams: Vec<UpstreamEntry> },
+    /// A GGUF model run in-process by llama.cpp.
+    Local(LocalEntry),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalEntry {
+    /// GGUF file; a relative path is under `RUNGATE_MODEL_DIR` (default `~/.cache/rungate/models`).
+    pub path: String,
+    /// Context window; defaults to the model's trained length, at most 4096.
+    pub context_length: Option<u32>,
+    /// CPU threads per generation; defaults to all cores.
+    pub threads: Option<u32>,
+    /// Generations run at once; more wait in the queue.
+    #[serde(default = "default_concurrent")]
+    pub max_concurrent: usize,
+    /// Requests that may wait for a slot; beyond that, 503 with Retry-After.
+    #[serde(default = "default_queue")]
+    pub max_queue: usize,
+    /// Temperature when the request sets none (OpenAI's default is 1).
+    pub temperature: Option<f32>,
+    /// Layers offloaded to the GPU (builds with the `cuda` feature).
+    #[serde(default)]
+    pub gpu_layers: u32,
+}
+
+fn default_concurrent() -> usize {
+    1
+}
+fn default_queue() -> usize {
+    16
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,12 +5,14 @@ use futures::stream::BoxStream;
 use rungate_proto::inference::v1::{ChatMessage, GenerateEvent, GenerateRequest};
 
 use crate::InferenceError;
+use crate::local::LocalEngine;
 use crate::upstream::UpstreamEngine;
 
 pub type EventStream = BoxStream<'static, Result<GenerateEvent, InferenceError>>;
 
 pub enum Engine {
     Upstream(UpstreamEngine),
+    Local(LocalEngine),
 }
 
 impl Engine {
@@ -22,13 +24,16 @@ impl Engine {
     ) -> Result<EventStream, InferenceError> {
         match self {
             Engine::Upstream(engine) => engine.generate(request, default_max_tokens).await,
+            Engine::Local(engine) => engine.generate(request, default_max_tokens).await,
         }
     }
 
-    /// Prompt tokens for pricing before the call runs.
-    pub fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> u32 {
+    /// Prompt tokens for pricing before the call runs: exact for local
+    /// models, an estimate for upstreams (their tokenizer is not ours).
+    pub fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<u32, InferenceError> {
         match self {
-            Engine::Upstream(_) => UpstreamEngine::estimate_prompt_tokens(messages),
+            Engine::Upstream(_) => Ok(UpstreamEngine::estimate_prompt_tokens(messages)),
+            Engine::Local(engine) => engine.count_prompt_tokens(messages),
         }
     }
 }

@@ -17,6 +17,10 @@ pub enum InferenceError {
         param: &'static str,
         message: String,
     },
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    #[error("engine failure: {0}")]
+    Engine(String),
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
     #[error("upstream timed out: {0}")]
@@ -40,7 +44,8 @@ impl From<InferenceError> for Status {
                 Code::Unavailable
             }
             InferenceError::UpstreamTimeout(_) => Code::DeadlineExceeded,
-            InferenceError::UpstreamProtocol(_) => Code::Internal,
+            InferenceError::UpstreamProtocol(_) | InferenceError::Engine(_) => Code::Internal,
+            InferenceError::Overloaded(_) => Code::ResourceExhausted,
         };
         let mut status = Status::new(code, error.to_string());
         let param = match &error {

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod local;
 pub mod registry;
 mod service;
 mod sse;
@@ -25,7 +26,21 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let registry = registry::Registry::from_config(&config)?;
+    let drain = config.drain_timeout;
+    // Loading models reads and maps whole files: keep it off the runtime.
+    let registry =
+        tokio::task::spawn_blocking(move || registry::Registry::from_config(&config)).await??;
+    serve_registry(listener, registry, shutdown, drain).await
+}
+
+/// `serve` with a registry built by the caller, who can keep a clone of it
+/// (to read engine metrics, say).
+pub async fn serve_registry(
+    listener: TcpListener,
+    registry: registry::Registry,
+    shutdown: impl Future<Output = ()> + Send,
+    drain: std::time::Duration,
+) -> anyhow::Result<()> {
     tracing::info!(
         addr = %listener.local_addr()?,
         models = registry.len(),
@@ -33,13 +48,6 @@ pub async fn serve(
     );
     let service = service::InferenceApi::new(registry);
     let routes = tonic::service::Routes::new(InferenceServiceServer::new(service));
-    rungate_common::grpc::serve(
-        listener,
-        routes,
-        &[SERVICE_NAME],
-        shutdown,
-        config.drain_timeout,
-    )
-    .await?;
+    rungate_common::grpc::serve(listener, routes, &[SERVICE_NAME], shutdown, drain).await?;
     Ok(())
 }

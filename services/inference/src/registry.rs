@@ -8,6 +8,7 @@ use rungate_proto::inference::v1::Model;
 use crate::InferenceError;
 use crate::config::{Config, EngineEntry};
 use crate::engine::Engine;
+use crate::local::LocalEngine;
 use crate::upstream::UpstreamEngine;
 
 pub struct Served {
@@ -28,18 +29,24 @@ impl Registry {
             .map_or(0, |d| d.as_secs() as i64);
         let mut models = BTreeMap::new();
         for entry in file.models {
-            let (kind, engine) = match &entry.engine {
+            let (kind, engine, context_length) = match &entry.engine {
                 EngineEntry::Upstream { upstreams } => (
                     "upstream",
                     Engine::Upstream(UpstreamEngine::new(&entry.id, upstreams)?),
+                    entry.context_length,
                 ),
+                EngineEntry::Local(local) => {
+                    let engine = LocalEngine::load(&entry.id, local)?;
+                    let context = engine.context_length();
+                    ("local", Engine::Local(engine), context)
+                }
             };
             let model = Model {
                 id: entry.id.clone(),
                 owned_by: entry.owned_by.clone(),
                 created,
                 engine: kind.to_owned(),
-                context_length: entry.context_length,
+                context_length,
                 default_max_tokens: entry.default_max_tokens,
             };
             if models
@@ -69,6 +76,14 @@ impl Registry {
 
     pub fn len(&self) -> usize {
         self.models.len()
+    }
+
+    /// The local engine serving `id`, if it is one (for metrics and benchmarks).
+    pub fn local(&self, id: &str) -> Option<&LocalEngine> {
+        match &self.models.get(id)?.engine {
+            Engine::Local(engine) => Some(engine),
+            Engine::Upstream(_) => None,
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -58,7 +58,7 @@ impl InferenceService for InferenceApi {
         let request = request.into_inner();
         let served = self.registry.get(&request.model)?;
         Ok(Response::new(CountTokensResponse {
-            prompt_tokens: served.engine.count_prompt_tokens(&request.messages),
+            prompt_tokens: served.engine.count_prompt_tokens(&request.messages)?,
             default_max_tokens: served.model.default_max_tokens,
         }))
     }

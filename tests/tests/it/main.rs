@@ -3,8 +3,11 @@
 
 mod billing;
 mod chat;
+mod disconnect;
 mod health;
 mod ledger;
+mod local_chat;
+mod local_engine;
 mod shutdown;
 mod support;
 mod tracing;

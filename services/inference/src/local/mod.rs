@@ -1,0 +1,241 @@
+//! The local engine: GGUF models run in-process with llama.cpp. Generation
+//! runs on blocking threads; a bounded pool of slots with a bounded queue in
+//! front gives back-pressure (a full queue is `RESOURCE_EXHAUSTED` → 503).
+
+mod gguf;
+mod template;
+mod text;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::StreamExt;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use rungate_proto::inference::v1::GenerateRequest;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::InferenceError;
+use crate::config::LocalEntry;
+use crate::engine::EventStream;
+
+pub use gguf::{GgufError, GgufSummary, inspect as inspect_gguf};
+
+/// llama.cpp's backend may be initialised once per process.
+fn backend() -> Result<&'static LlamaBackend, InferenceError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| InferenceError::Config(format!("llama.cpp backend: {e}")))
+}
+
+/// Counters a test or an operator can watch.
+#[derive(Debug, Default)]
+pub struct EngineMetrics {
+    /// Tokens sampled, over all requests.
+    pub tokens_generated: AtomicU64,
+    /// Generations stopped because the caller went away.
+    pub cancelled: AtomicU64,
+    /// Generations running now.
+    pub running: AtomicUsize,
+}
+
+pub struct LocalEngine {
+    inner: Arc<Inner>,
+    slots: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_queue: usize,
+}
+
+pub(crate) struct Inner {
+    model: LlamaModel,
+    template: template::ChatTemplate,
+    /// Creating contexts concurrently is unsound in llama.cpp (it mutates the model).
+    context_lock: Mutex<()>,
+    threads: i32,
+    context_length: u32,
+    temperature: f32,
+    metrics: Arc<EngineMetrics>,
+}
+
+/// Request fields the local engine cannot honour: refused, never ignored.
+const UNSUPPORTED: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+];
+
+/// Model files named by a relative path live in the model directory.
+pub fn model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RUNGATE_MODEL_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache/rungate/models")
+}
+
+impl LocalEngine {
+    pub fn load(public_id: &str, entry: &LocalEntry) -> Result<Self, InferenceError> {
+        let path = if Path::new(&entry.path).is_absolute() {
+            PathBuf::from(&entry.path)
+        } else {
+            model_dir().join(&entry.path)
+        };
+        // Checked before llama.cpp opens it: a malformed file would abort the process.
+        let summary = gguf::inspect(&path).map_err(|e| {
+            InferenceError::Config(format!("model `{public_id}` ({}): {e}", path.display()))
+        })?;
+        let backend = backend()?;
+        let params = LlamaModelParams::default().with_n_gpu_layers(entry.gpu_layers);
+        let model = LlamaModel::load_from_file(backend, &path, &params).map_err(|e| {
+            InferenceError::Config(format!(
+                "model `{public_id}`: llama.cpp cannot load it: {e}"
+            ))
+        })?;
+        let trained = summary
+            .context_length
+            .unwrap_or(2048)
+            .min(u64::from(u32::MAX)) as u32;
+        let context_length = entry
+            .context_length
+            .unwrap_or(trained.min(4096))
+            .min(trained);
+        let threads = entry
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+        let template = template::ChatTemplate::new(&model, summary.chat_template);
+        tracing::info!(
+            model = public_id,
+            path = %path.display(),
+            arch = %summary.architecture,
+            context_length,
+            threads,
+            "local model loaded"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                model,
+                template,
+                context_lock: Mutex::new(()),
+                threads: threads.max(1) as i32,
+                context_length,
+                temperature: entry.temperature.unwrap_or(1.0),
+                metrics: Arc::new(EngineMetrics::default()),
+            }),
+            slots: Arc::new(Semaphore::new(entry.max_concurrent.max(1))),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_queue: entry.max_queue,
+        })
+    }
+
+    pub fn context_length(&self) -> u32 {
+        self.inner.context_length
+    }
+
+    pub fn metrics(&self) -> Arc<EngineMetrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// Exact prompt tokens: the chat template applied, then the model's tokenizer.
+    pub fn count_prompt_tokens(
+        &self,
+        messages: &[rungate_proto::inference::v1::ChatMessage],
+    ) -> Result<u32, InferenceError> {
+        Ok(self.inner.prompt_tokens(messages)?.len() as u32)
+    }
+
+    pub async fn generate(
+        &self,
+        request: GenerateRequest,
+        default_max_tokens: u32,
+    ) -> Result<EventStream, InferenceError> {
+        refuse_unsupported(&request)?;
+        // Admission: a bounded queue in front of the slots.
+        if self.waiting.fetch_add(1, Ordering::AcqRel)
+            >= self.max_queue + self.slots.available_permits()
+        {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(InferenceError::Overloaded(
+                "the local engine's queue is full; retry shortly".into(),
+            ));
+        }
+        let slot = self.slots.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let slot = slot.map_err(|_| InferenceError::Overloaded("engine shutting down".into()))?;
+
+        let (events, mut rx) = tokio::sync::mpsc::channel(64);
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            worker::generate(&inner, request, default_max_tokens, &events);
+        });
+        // The first event (Started, or an error such as a prompt too long)
+        // arrives before we answer, so early errors get a proper status.
+        match rx.recv().await {
+            Some(Ok(first)) => {
+                let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+                Ok(futures::stream::once(async { Ok(first) })
+                    .chain(rest)
+                    .boxed())
+            }
+            Some(Err(error)) => Err(error),
+            None => Err(InferenceError::Engine(
+                "the generation thread ended early".into(),
+            )),
+        }
+    }
+}
+
+fn refuse_unsupported(request: &GenerateRequest) -> Result<(), InferenceError> {
+    if !request.extra_json.is_empty() {
+        let extra: serde_json::Map<String, Value> = serde_json::from_str(&request.extra_json)
+            .map_err(|_| InferenceError::InvalidArgument {
+                param: "extra_json",
+                message: "extra_json must be a JSON object".into(),
+            })?;
+        for (param, value) in &extra {
+            let harmless = value.is_null()
+                || (param.ends_with("_penalty") && value.as_f64() == Some(0.0))
+                || (param == "response_format" && value["type"] == "text")
+                || (param == "logprobs" && value == &Value::Bool(false));
+            if let Some(param) = UNSUPPORTED.iter().find(|p| **p == param.as_str())
+                && !harmless
+            {
+                return Err(InferenceError::InvalidArgument {
+                    param,
+                    message: format!(
+                        "`{param}` is not supported by the local engine serving `{}`",
+                        request.model
+                    ),
+                });
+            }
+        }
+    }
+    if let Some(index) = request
+        .messages
+        .iter()
+        .position(|m| m.tool_calls_json.is_some())
+    {
+        return Err(InferenceError::InvalidArgument {
+            param: "messages",
+            message: format!(
+                "messages[{index}].tool_calls: tool calls are not supported by the local engine"
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The local llama.cpp engine on a tiny random-weight GGUF: deterministic
+//! greedy output, exact token counts, seeded sampling, stop sequences,
+//! cancellation, back-pressure, and refusal of malformed files.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rungate_proto::inference::v1::inference_service_client::InferenceServiceClient;
+use rungate_proto::inference::v1::{
+    ChatMessage, CountTokensRequest, FinishReason, GenerateRequest, SamplingParams,
+    generate_event::Event,
+};
+use rungate_tests::cluster;
+use tonic::transport::Channel;
+
+async fn inference() -> InferenceServiceClient<Channel> {
+    InferenceServiceClient::connect(cluster().inference_url.clone())
+        .await
+        .expect("connect")
+}
+
+fn request(question: &str, sampling: SamplingParams) -> GenerateRequest {
+    GenerateRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        model: "tiny-local".into(),
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: question.into(),
+            ..Default::default()
+        }],
+        sampling: Some(sampling),
+        ..Default::default()
+    }
+}
+
+fn greedy(max_tokens: u32) -> SamplingParams {
+    SamplingParams {
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ..Default::default()
+    }
+}
+
+struct Outcome {
+    text: String,
+    finish: FinishReason,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+}
+
+async fn run(request: GenerateRequest) -> Outcome {
+    let mut events = inference()
+        .await
+        .generate(request)
+        .await
+        .expect("generate")
+        .into_inner();
+    let mut text = String::new();
+    while let Some(event) = events.message().await.expect("stream") {
+        match event.event {
+            Some(Event::Delta(delta)) => text.push_str(&delta.text),
+            Some(Event::Finished(finished)) => {
+                let usage = finished.usage.expect("usage");
+                return Outcome {
+                    text,
+                    finish: FinishReason::try_from(finished.finish_reason).expect("reason"),
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                };
+            }
+            _ => {}
+        }
+    }
+    panic!("stream ended without Finished");
+}
+
+#[tokio::test]
+async fn greedy_output_is_identical_run_to_run_with_exact_counts() {
+    let first = run(request("hello world", greedy(12))).await;
+    let second = run(request("hello world", greedy(12))).await;
+    assert_eq!(first.text, second.text);
+    assert!(!first.text.is_empty());
+    // The tiny model never picks an end-of-generation token greedily: it runs to the limit.
+    assert_eq!(first.finish, FinishReason::Length);
+    assert_eq!(first.completion_tokens, 12);
+    let counted = inference()
+        .await
+        .count_tokens(CountTokensRequest {
+            model: "tiny-local".into(),
+            messages: request("hello world", greedy(1)).messages,
+        })
+        .await
+        .expect("count")
+        .into_inner();
+    assert_eq!(first.prompt_tokens, counted.prompt_tokens);
+    assert!(counted.prompt_tokens > 4, "template tokens are counted too");
+}
+
+#[tokio::test]
+async fn seeded_sampling_is_reproducible() {
+    let seeded = |seed| SamplingParams {
+        max_tokens: Some(16),
+        temperature: Some(1.0),
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let a = run(request("the capital", seeded(7))).await;
+    let b = run(request("the capital", seeded(7))).await;
+    let c = run(request("the capital", seeded(8))).await;
+    assert_eq!(a.text, b.text);
+    assert_ne!(a.text, c.text, "another seed samples another text");
+}
+
+#[tokio::test]
+async fn stop_sequences_cut_the_text_and_finish_with_stop() {
+    let full = run(request("one two", greedy(16))).await;
+    let chars: Vec<char> = full.text.chars().collect();
+    assert!(chars.len() > 6, "{:?}", full.text);
+    let stop: String = chars[3..5].iter().collect();
+    let expected: String = full.text[..full.text.find(&stop).expect("stop in text")].to_owned();
+    let stopped = run(request(
+        "one two",
+        SamplingParams {
+            stop: vec![stop.clone()],
+            ..greedy(16)
+        },
+    ))
+    .await;
+    assert_eq!(stopped.text, expected, "cut before {stop:?}");
+    assert_eq!(stopped.finish, FinishReason::Stop);
+    assert!(stopped.completion_tokens < 16);
+}
+
+#[tokio::test]
+async fn dropping_the_stream_stops_generation() {
+    let metrics = cluster()
+        .registry
+        .local("tiny-local")
+        .expect("local engine")
+        .metrics();
+    let cancelled_before = metrics.cancelled.load(Ordering::Relaxed);
+    let mut events = inference()
+        .await
+        .generate(request("a long story", greedy(400)))
+        .await
+        .expect("generate")
+        .into_inner();
+    let mut deltas = 0;
+    while deltas < 3 {
+        if let Some(Event::Delta(_)) = events
+            .message()
+            .await
+            .expect("stream")
+            .and_then(|e| e.event)
+        {
+            deltas += 1;
+        }
+    }
+    drop(events);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metrics.cancelled.load(Ordering::Relaxed) == cancelled_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "generation was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_is_refused_with_resource_exhausted() {
+    let path = rungate_tests::fixtures::tiny_gguf().expect("tiny model");
+    let config = rungate_inference::Config {
+        models_file: None,
+        models_toml: Some(format!(
+            r#"[[models]]
+id = "tiny-local"
+engine = {{ kind = "local", path = "{}", threads = 1, max_concurrent = 1, max_queue = 1 }}"#,
+            path.display()
+        )),
+        drain_timeout: Duration::from_secs(1),
+    };
+    let registry = tokio::task::spawn_blocking(move || {
+        rungate_inference::registry::Registry::from_config(&config)
+    })
+    .await
+    .expect("join")
+    .expect("registry");
+    let engine = registry.local("tiny-local").expect("local");
+    let long = || request("story", greedy(400));
+    let running = engine.generate(long(), 16).await.expect("first runs");
+    let queued = tokio::spawn({
+        let registry = registry.clone();
+        async move {
+            let engine = registry.local("tiny-local").expect("local");
+            engine.generate(long(), 16).await.map(|_| ())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = engine
+        .generate(long(), 16)
+        .await
+        .err()
+        .expect("queue is full");
+    let status = tonic::Status::from(refused);
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    drop(running);
+    queued
+        .await
+        .expect("join")
+        .expect("the queued call runs once the slot frees");
+}
+
+#[tokio::test]
+async fn unsupported_fields_are_refused_naming_the_field() {
+    let mut with_tools = request("hi", greedy(4));
+    with_tools.extra_json = r#"{"tools":[{"type":"function","function":{"name":"f"}}]}"#.into();
+    let status = inference()
+        .await
+        .generate(with_tools)
+        .await
+        .expect_err("tools refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        status
+            .metadata()
+            .get("x-rungate-param")
+            .and_then(|v| v.to_str().ok()),
+        Some("tools")
+    );
+
+    let mut text_format = request("hi", greedy(4));
+    text_format.extra_json = r#"{"response_format":{"type":"text"},"presence_penalty":0}"#.into();
+    run(text_format).await;
+}
+
+#[tokio::test]
+async fn a_prompt_longer_than_the_context_is_invalid() {
+    let huge = "word ".repeat(2_000);
+    let status = inference()
+        .await
+        .generate(request(&huge, greedy(4)))
+        .await
+        .expect_err("too long");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("context"), "{}", status.message());
+}
+
+#[test]
+fn malformed_or_missing_gguf_files_are_refused_before_llama_cpp_loads_them() {
+    let tiny = rungate_tests::fixtures::tiny_gguf().expect("tiny model");
+    let bytes = std::fs::read(&tiny).expect("read");
+    let dir = std::env::temp_dir().join(format!("rungate-bad-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cases = [
+        ("truncated.gguf", bytes[..bytes.len() / 2].to_vec()),
+        ("header-only.gguf", bytes[..64].to_vec()),
+        (
+            "noise.gguf",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+                .collect(),
+        ),
+    ];
+    for (name, content) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, content).expect("write");
+        let error = load(&path).expect_err(name);
+        assert!(error.contains(name), "{name}: {error}");
+    }
+    let missing = load(&dir.join("missing.gguf")).expect_err("missing");
+    assert!(missing.contains("missing.gguf"), "{missing}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn load(path: &std::path::Path) -> Result<(), String> {
+    let config = rungate_inference::Config {
+        models_file: None,
+        models_toml: Some(format!(
+            "[[models]]\nid = \"bad\"\nengine = {{ kind = \"local\", path = \"{}\" }}",
+            path.display()
+        )),
+        drain_timeout: Duration::from_secs(1),
+    };
+    rungate_inference::registry::Registry::from_config(&config)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
