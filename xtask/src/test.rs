@@ -12,6 +12,42 @@ pub struct TestArgs {
     /// Skip the separate-process cluster check.
     #[arg(long)]
     no_cluster: bool,
+    /// Skip the Python SDK tests (tests/python, which start the local cluster).
+    #[arg(long)]
+    no_python: bool,
+}
+
+/// Runs tests/python with pytest; returns (passed, failed, success).
+fn pytest() -> anyhow::Result<(u64, u64, bool)> {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = std::process::Command::new(python)
+        .args(["-m", "pytest", "tests/python", "-q", "-p", "no:cacheprovider"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running pytest (pip install -r tests/python/requirements.txt)")?;
+    let stdout = child.stdout.take().context("pytest output")?;
+    let mut last = String::new();
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        writeln!(out, "{line}")?;
+        if !line.trim().is_empty() {
+            last = line;
+        }
+    }
+    drop(out);
+    let ok = child.wait()?.success();
+    // pytest's last line: "8 passed, 1 failed in 12.00s"
+    let number_before = |label: &str| -> u64 {
+        last.split(',')
+            .find_map(|part| {
+                let mut words = part.split_whitespace();
+                let n = words.next()?.parse().ok()?;
+                words.next()?.starts_with(label).then_some(n)
+            })
+            .unwrap_or(0)
+    };
+    Ok((number_before("passed"), number_before("failed") + number_before("error"), ok))
 }
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
@@ -35,6 +71,15 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     if !status.success() {
         println!("summary: {passed} passed, {} failed", failed.max(1));
         bail!("cargo test failed");
+    }
+    if !args.no_python {
+        let (p, f, ok) = pytest()?;
+        passed += p;
+        failed += f;
+        if !ok {
+            println!("summary: {passed} passed, {} failed", failed.max(1));
+            bail!("the Python SDK tests failed");
+        }
     }
     if !args.no_cluster {
         match crate::dev::run(crate::dev::DevArgs::smoke()) {

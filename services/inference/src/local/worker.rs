@@ -32,6 +32,7 @@ impl Inner {
         messages: &[ChatMessage],
     ) -> Result<Vec<LlamaToken>, InferenceError> {
         let prompt = self.template.render(&self.model, messages)?;
+        tracing::debug!(%prompt, "rendered chat template");
         let vocab = self.model.vocab();
         // The template may already start with BOS; never add a second.
         let add_bos = vocab.should_add_bos()
