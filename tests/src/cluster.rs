@@ -64,6 +64,10 @@ id = "fake-trickle"
 engine = {{ kind = "upstream", upstreams = [{{ base_url = "{upstream}/trickle/v1" }}] }}
 
 [[models]]
+id = "fake-stall"
+engine = {{ kind = "upstream", upstreams = [{{ base_url = "{upstream}/stall/v1", idle_timeout_ms = 300 }}] }}
+
+[[models]]
 id = "fake-drop"
 engine = {{ kind = "upstream", upstreams = [{{ base_url = "{upstream}/drop/v1" }}] }}
 

@@ -8,6 +8,7 @@
 //! - `/drop/v1`: sends two words, then closes the connection without finishing.
 //!
 //! - `/trickle/v1`: like `ok`, 100 ms between chunks.
+//! - `/stall/v1`: sends two words, then nothing for 5 s.
 //!
 //! Every request it receives is kept (body and `traceparent`), so tests can
 //! check what was sent.
@@ -196,20 +197,31 @@ async fn completions(
         );
     }
     let pause = Duration::from_millis(if mode == "trickle" { 100 } else { 2 });
-    let stream = futures::stream::iter(frames.into_iter().map(|frame| frame.to_string()))
-        .then(move |data| async move {
-            tokio::time::sleep(pause).await;
-            Ok::<_, std::io::Error>(Bytes::from(format!("data: {data}\n\n")))
-        })
-        .chain(futures::stream::iter(
-            (!dropping).then(|| Ok(Bytes::from_static(b"data: [DONE]\n\n"))),
+    let stall = mode == "stall";
+    let stream = futures::stream::iter(
+        frames
+            .into_iter()
+            .map(|frame| frame.to_string())
+            .enumerate(),
+    )
+    .then(move |(i, data)| async move {
+        let pause = if stall && i == 3 {
+            Duration::from_secs(5)
+        } else {
+            pause
+        };
+        tokio::time::sleep(pause).await;
+        Ok::<_, std::io::Error>(Bytes::from(format!("data: {data}\n\n")))
+    })
+    .chain(futures::stream::iter(
+        (!dropping).then(|| Ok(Bytes::from_static(b"data: [DONE]\n\n"))),
+    ))
+    .chain(futures::stream::iter(dropping.then(|| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "dropped",
         ))
-        .chain(futures::stream::iter(dropping.then(|| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "dropped",
-            ))
-        })));
+    })));
     let watched = Watched {
         inner: Box::pin(stream),
         watch: AbortWatch {

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask dev` starts the local cluster, `cargo xtask test` runs every test.
 #![allow(clippy::print_stdout)] // printing is what a task runner is for
 
+mod bench;
 mod dev;
 mod test;
 
@@ -19,6 +20,8 @@ enum Task {
     Dev(dev::DevArgs),
     /// Run the test suite (what CI runs).
     Test(test::TestArgs),
+    /// Measure the local engine against llama.cpp's llama-bench, and TTFT through the edge.
+    Bench(bench::BenchArgs),
 }
 
 /// A cargo command without the variables `cargo run` set for this process:
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Dev(args) => dev::run(args),
         Task::Test(args) => test::run(args),
+        Task::Bench(args) => bench::run(args),
     }
 }

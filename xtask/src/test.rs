@@ -21,7 +21,14 @@ pub struct TestArgs {
 fn pytest() -> anyhow::Result<(u64, u64, bool)> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let mut child = std::process::Command::new(python)
-        .args(["-m", "pytest", "tests/python", "-q", "-p", "no:cacheprovider"])
+        .args([
+            "-m",
+            "pytest",
+            "tests/python",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .context("running pytest (pip install -r tests/python/requirements.txt)")?;
@@ -47,7 +54,11 @@ fn pytest() -> anyhow::Result<(u64, u64, bool)> {
             })
             .unwrap_or(0)
     };
-    Ok((number_before("passed"), number_before("failed") + number_before("error"), ok))
+    Ok((
+        number_before("passed"),
+        number_before("failed") + number_before("error"),
+        ok,
+    ))
 }
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {

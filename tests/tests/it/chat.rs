@@ -183,6 +183,25 @@ async fn a_stream_dropped_mid_generation_ends_with_an_error_event_not_done() {
 }
 
 #[tokio::test]
+async fn an_upstream_that_stalls_mid_stream_hits_the_idle_timeout() {
+    let mut request = ask("fake-stall", "one two three four five");
+    request["stream"] = json!(true);
+    let started = std::time::Instant::now();
+    let events = sse_data(&post_chat(&request).await.text().await.expect("body"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the 5 s stall was cut short"
+    );
+    let last: Value = serde_json::from_str(events.last().expect("events")).expect("JSON");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("sent nothing")),
+        "{last}"
+    );
+}
+
+#[tokio::test]
 async fn a_dropped_non_streaming_call_is_a_503_not_a_partial_answer() {
     let error = openai_error(post_chat(&ask("fake-drop", "one two three")).await, 503).await;
     assert_eq!(error["type"], "server_error");

@@ -26,7 +26,7 @@ use crate::engine::EventStream;
 pub use gguf::{GgufError, GgufSummary, inspect as inspect_gguf};
 
 /// llama.cpp's backend may be initialised once per process.
-fn backend() -> Result<&'static LlamaBackend, InferenceError> {
+pub fn backend() -> Result<&'static LlamaBackend, InferenceError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {

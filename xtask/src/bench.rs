@@ -1,0 +1,283 @@
+//! `cargo xtask bench`: the local engine's prompt and decode speed on the
+//! embedded default model next to llama.cpp driven directly (the vendored
+//! build, a plain loop like llama.cpp's `simple` example, same threads; the
+//! crate does not ship llama.cpp's tools, so llama-bench cannot be built from
+//! it), and time to first token through the edge against the engine in-process.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The ChatML prompt SmolLM2's template renders for `messages` (no system
+/// message given, so the template's default one), for the direct loop.
+fn rendered_prompt(messages: &[ChatMessage]) -> String {
+    let mut prompt = String::from(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n",
+    );
+    for m in messages {
+        prompt.push_str(&format!(
+            "<|im_start|>{}\n{}<|im_end|>\n",
+            m.role, m.content
+        ));
+    }
+    prompt.push_str("<|im_start|>assistant\n");
+    prompt
+}
+use rungate_inference::registry::Registry;
+use rungate_proto::inference::v1::{
+    ChatMessage, GenerateRequest, SamplingParams, generate_event::Event,
+};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// CPU threads for both engines.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// Repetitions per measurement (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+const PROMPT_WORDS: usize = 200;
+const DECODE_TOKENS: u32 = 128;
+
+fn long_prompt() -> Vec<ChatMessage> {
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(PROMPT_WORDS / 9);
+    vec![ChatMessage {
+        role: "user".into(),
+        content: format!("{text}\nWrite a long story about a dragon who learns to read."),
+        ..Default::default()
+    }]
+}
+
+fn request(messages: Vec<ChatMessage>, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        request_id: uuid_like(),
+        model: "bench".into(),
+        messages,
+        sampling: Some(SamplingParams {
+            max_tokens: Some(max_tokens),
+            temperature: Some(0.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn uuid_like() -> String {
+    format!("bench-{}", Instant::now().elapsed().as_nanos())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+struct EngineRun {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    ttft: Duration,
+    decode: Duration,
+}
+
+async fn engine_run(registry: &Registry, max_tokens: u32) -> anyhow::Result<EngineRun> {
+    use futures::StreamExt;
+    let engine = registry.local("bench").context("bench model")?;
+    let start = Instant::now();
+    let mut events = engine
+        .generate(request(long_prompt(), max_tokens), 256)
+        .await?;
+    let mut first_delta = None;
+    while let Some(event) = events.next().await {
+        match event?.event {
+            Some(Event::Started(_)) => {}
+            Some(Event::Delta(_)) => {
+                first_delta.get_or_insert_with(Instant::now);
+            }
+            Some(Event::Finished(finished)) => {
+                let usage = finished.usage.unwrap_or_default();
+                let first = first_delta.unwrap_or_else(Instant::now);
+                return Ok(EngineRun {
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    ttft: first - start,
+                    decode: first.elapsed(),
+                });
+            }
+            None => {}
+        }
+    }
+    bail!("no Finished event")
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let root = crate::dev::root();
+    let model = crate::dev::fetch_default_model(&root)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let config = rungate_inference::Config {
+        models_file: None,
+        models_toml: Some(format!(
+            "[[models]]\nid = \"bench\"\nengine = {{ kind = \"local\", path = \"{}\", threads = {}, context_length = 2048 }}",
+            model.display(),
+            args.threads
+        )),
+        drain_timeout: Duration::from_secs(1),
+    };
+    let registry = Registry::from_config(&config)?;
+
+    let (engine_pp, engine_tg, engine_ttft, prompt_tokens) = runtime.block_on(async {
+        engine_run(&registry, 8).await?; // warm-up
+        let mut pp = Vec::new();
+        let mut tg = Vec::new();
+        let mut ttft = Vec::new();
+        let mut prompt_tokens = 0;
+        for _ in 0..args.runs {
+            let run = engine_run(&registry, DECODE_TOKENS).await?;
+            prompt_tokens = run.prompt_tokens;
+            pp.push(f64::from(run.prompt_tokens) / run.ttft.as_secs_f64());
+            tg.push(f64::from(run.completion_tokens.saturating_sub(1)) / run.decode.as_secs_f64());
+            ttft.push(run.ttft.as_secs_f64() * 1000.0);
+        }
+        anyhow::Ok((median(pp), median(tg), median(ttft), prompt_tokens))
+    })?;
+
+    let edge_ttft = runtime.block_on(edge_ttft(registry.clone(), args.runs))?;
+
+    let prompt = rendered_prompt(&long_prompt());
+    let llama = Some(raw_llama_cpp(&model, args.threads, &prompt, args.runs)?);
+
+    println!(
+        "\n## Local engine, SmolLM2-135M-Instruct Q4_1, {} threads\n",
+        args.threads
+    );
+    println!("| measurement | RunGate engine | llama.cpp direct | ratio |");
+    println!("|---|---|---|---|");
+    let row = |name: &str, ours: f64, theirs: Option<f64>| match theirs {
+        Some(t) => println!(
+            "| {name} | {ours:.1} tok/s | {t:.1} tok/s | {:.0}% |",
+            100.0 * ours / t
+        ),
+        None => println!("| {name} | {ours:.1} tok/s | – | – |"),
+    };
+    row(
+        &format!("prompt processing ({prompt_tokens} tokens)"),
+        engine_pp,
+        llama.map(|l| l.0),
+    );
+    row(
+        &format!("decode ({DECODE_TOKENS} tokens)"),
+        engine_tg,
+        llama.map(|l| l.1),
+    );
+    println!("\n| time to first token (median of {}) | ms |", args.runs);
+    println!("|---|---|");
+    println!("| engine in-process | {engine_ttft:.1} |");
+    println!("| through the edge (HTTP → gRPC → engine, streamed) | {edge_ttft:.1} |");
+    Ok(())
+}
+
+/// TTFT of a streamed chat completion through an in-process edge and
+/// inference service on loopback (real HTTP and gRPC hops).
+async fn edge_ttft(registry: Registry, runs: usize) -> anyhow::Result<f64> {
+    let inference = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let inference_url = format!("http://{}", inference.local_addr()?);
+    tokio::spawn(rungate_inference::serve_registry(
+        inference,
+        registry,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let edge = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let edge_url = format!("http://{}", edge.local_addr()?);
+    tokio::spawn(rungate_edge::serve(
+        edge,
+        rungate_edge::Config::new(inference_url.clone()),
+        std::future::pending(),
+    ));
+    rungate_tests::cluster::wait_serving(&inference_url).await?;
+    let body = serde_json::json!({
+        "model": "bench",
+        "messages": long_prompt().iter().map(|m| serde_json::json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(),
+        "max_tokens": 1,
+        "temperature": 0,
+        "stream": true,
+    });
+    let client = reqwest::Client::new();
+    let mut samples = Vec::new();
+    for i in 0..=runs {
+        let start = Instant::now();
+        let mut response = client
+            .post(format!("{edge_url}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await?;
+        // The first content delta is the second SSE event (after the role delta).
+        let mut seen = String::new();
+        while let Some(chunk) = response.chunk().await? {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.matches("data: ").count() >= 2 {
+                break;
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64() * 1000.0;
+        while response.chunk().await?.is_some() {}
+        if i > 0 {
+            samples.push(elapsed); // run 0 warms the connections up
+        }
+    }
+    Ok(median(samples))
+}
+
+/// llama.cpp driven directly through llama-cpp-2, the way its `simple`
+/// example does (same vendored build, same threads): one synchronous loop, no
+/// threads, channels or gRPC. Returns (prompt, decode) tokens/s, medians.
+fn raw_llama_cpp(
+    model: &Path,
+    threads: u32,
+    prompt: &str,
+    runs: usize,
+) -> anyhow::Result<(f64, f64)> {
+    use llama_cpp_2::context::params::LlamaContextParams;
+    use llama_cpp_2::llama_batch::LlamaBatch;
+    use llama_cpp_2::model::LlamaModel;
+    use llama_cpp_2::model::params::LlamaModelParams;
+    use llama_cpp_2::sampling::LlamaSampler;
+
+    let backend = rungate_inference::local::backend()?;
+    let model = LlamaModel::load_from_file(backend, model, &LlamaModelParams::default())?;
+    let tokens = model.vocab().tokenize(prompt.as_bytes(), false, true);
+    let n_prompt = tokens.len() as u32;
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for run in 0..=runs {
+        let params = LlamaContextParams::default()
+            .with_n_ctx(std::num::NonZeroU32::new(n_prompt + DECODE_TOKENS + 8))
+            .with_n_batch(n_prompt)
+            .with_n_ubatch(n_prompt.min(512))
+            .with_n_threads(threads as i32)
+            .with_n_threads_batch(threads as i32);
+        let mut context = model.new_context(backend, params)?;
+        let mut batch = LlamaBatch::new(n_prompt as usize, 1);
+        for (i, token) in tokens.iter().enumerate() {
+            batch.add(*token, i as i32, &[0], i + 1 == tokens.len())?;
+        }
+        let start = Instant::now();
+        context.decode(&mut batch)?;
+        let prompt_time = start.elapsed();
+        let mut sampler = LlamaSampler::greedy();
+        let start = Instant::now();
+        for step in 0..DECODE_TOKENS {
+            let token = sampler.sample(&context, batch.n_tokens() - 1);
+            batch.clear();
+            batch.add(token, (n_prompt + step) as i32, &[0], true)?;
+            context.decode(&mut batch)?;
+        }
+        if run > 0 {
+            pp.push(f64::from(n_prompt) / prompt_time.as_secs_f64());
+            tg.push(f64::from(DECODE_TOKENS) / start.elapsed().as_secs_f64());
+        }
+    }
+    Ok((median(pp), median(tg)))
+}
