@@ -1,7 +1,8 @@
 //! Read side: receipts and settlement listings.
 
 use rungate_proto::ledger::v1::{
-    ListSettlementsRequest, ListSettlementsResponse, Receipt, Settlement,
+    Balance, ListBalancesRequest, ListBalancesResponse, ListSettlementsRequest,
+    ListSettlementsResponse, Receipt, Settlement,
 };
 use rungate_proto::types::v1::TokenUsage;
 use sqlx::{PgPool, Row};
@@ -104,4 +105,32 @@ pub async fn settlements(
             String::new()
         },
     })
+}
+
+/// Balances computed from the transfers (the `account_balances` view).
+pub async fn balances(
+    pool: &PgPool,
+    request: &ListBalancesRequest,
+) -> Result<ListBalancesResponse, LedgerError> {
+    let rows = sqlx::query(
+        "SELECT code, debits_posted::text AS dp, credits_posted::text AS cp,
+                debits_pending::text AS dn, credits_pending::text AS cn
+         FROM account_balances WHERE starts_with(code, $1) ORDER BY code",
+    )
+    .bind(&request.code_prefix)
+    .fetch_all(pool)
+    .await?;
+    let balances = rows
+        .iter()
+        .map(|row| {
+            Ok(Balance {
+                account: row.get("code"),
+                debits_posted: Some(parse_amount(row.get("dp"))?),
+                credits_posted: Some(parse_amount(row.get("cp"))?),
+                debits_pending: Some(parse_amount(row.get("dn"))?),
+                credits_pending: Some(parse_amount(row.get("cn"))?),
+            })
+        })
+        .collect::<Result<_, LedgerError>>()?;
+    Ok(ListBalancesResponse { balances })
 }

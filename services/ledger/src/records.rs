@@ -98,12 +98,33 @@ async fn authorization(conn: &mut PgConnection, a: &Authorization) -> Result<(),
     ] {
         required(field, value)?;
     }
-    // Addresses and nonces are hex: compare them case-insensitively.
+    // Addresses and nonces are hex: compare them case-insensitively. One
+    // statement books the authorization, its settlement row and first event,
+    // both accounts and the pending transfer (payer -> revenue).
+    let ledger = format!("{}:{}", a.network, a.asset.to_ascii_lowercase());
     sqlx::query(
-        "INSERT INTO authorizations (request_id, network, asset, payer, pay_to, amount,
-             valid_after, valid_before, nonce, signature, scheme, x402_version)
-         VALUES ($1, $2, lower($3), lower($4), lower($5), $6::numeric,
-             $7::numeric, $8::numeric, lower($9), $10, $11, $12)",
+        "WITH auth AS (
+             INSERT INTO authorizations (request_id, network, asset, payer, pay_to, amount,
+                 valid_after, valid_before, nonce, signature, scheme, x402_version)
+             VALUES ($1, $2, lower($3), lower($4), lower($5), $6::numeric,
+                 $7::numeric, $8::numeric, lower($9), $10, $11, $12)
+             RETURNING request_id, amount),
+         settlement AS (
+             INSERT INTO settlements (request_id, status) SELECT request_id, 'authorized' FROM auth),
+         event AS (
+             INSERT INTO settlement_events (request_id, status) SELECT request_id, 'authorized' FROM auth),
+         payer AS (
+             INSERT INTO accounts (code, kind, ledger) VALUES ('payer:' || $13 || ':' || lower($4), 'payer', $13)
+             ON CONFLICT (code) DO NOTHING RETURNING id),
+         revenue AS (
+             INSERT INTO accounts (code, kind, ledger) VALUES ('revenue:' || $13, 'revenue', $13)
+             ON CONFLICT (code) DO NOTHING RETURNING id)
+         INSERT INTO transfers (transfer_key, kind, debit_account, credit_account, amount, request_id)
+         SELECT 'auth:' || auth.request_id, 'pending',
+             coalesce((SELECT id FROM payer), (SELECT id FROM accounts WHERE code = 'payer:' || $13 || ':' || lower($4))),
+             coalesce((SELECT id FROM revenue), (SELECT id FROM accounts WHERE code = 'revenue:' || $13)),
+             auth.amount, auth.request_id
+         FROM auth WHERE auth.amount > 0",
     )
     .bind(&a.request_id)
     .bind(&a.network)
@@ -117,16 +138,9 @@ async fn authorization(conn: &mut PgConnection, a: &Authorization) -> Result<(),
     .bind(&a.signature)
     .bind(&a.scheme)
     .bind(a.x402_version as i32)
+    .bind(&ledger)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("INSERT INTO settlements (request_id, status) VALUES ($1, 'authorized')")
-        .bind(&a.request_id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("INSERT INTO settlement_events (request_id, status) VALUES ($1, 'authorized')")
-        .bind(&a.request_id)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
@@ -197,6 +211,34 @@ async fn settlement(conn: &mut PgConnection, s: &SettlementUpdate) -> Result<(),
     .bind(tx_hash)
     .bind(block)
     .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    resolve_pending(conn, &s.request_id, to).await
+}
+
+/// A final settlement state resolves the authorization's pending transfer:
+/// settled posts it, failed / expired / voided voids it. The unique index on
+/// `pending_id` makes a second resolution impossible.
+async fn resolve_pending(
+    conn: &mut PgConnection,
+    request_id: &str,
+    to: SettlementStatus,
+) -> Result<(), Refusal> {
+    let (prefix, kind) = match to {
+        SettlementStatus::Settled => ("settle:", "post_pending"),
+        SettlementStatus::Failed | SettlementStatus::Expired | SettlementStatus::Voided => {
+            ("void:", "void_pending")
+        }
+        _ => return Ok(()),
+    };
+    sqlx::query(
+        "INSERT INTO transfers (transfer_key, kind, debit_account, credit_account, amount, pending_id, request_id)
+         SELECT $2 || request_id, $3::transfer_kind, debit_account, credit_account, amount, id, request_id
+         FROM transfers WHERE transfer_key = 'auth:' || $1",
+    )
+    .bind(request_id)
+    .bind(prefix)
+    .bind(kind)
     .execute(&mut *conn)
     .await?;
     Ok(())

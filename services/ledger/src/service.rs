@@ -3,8 +3,8 @@
 use futures::StreamExt;
 use rungate_proto::ledger::v1::ledger_service_server::LedgerService;
 use rungate_proto::ledger::v1::{
-    GetReceiptRequest, LedgerWrite, ListSettlementsRequest, ListSettlementsResponse, Receipt,
-    WriteAck, WriteAcks, WriteBatch,
+    GetReceiptRequest, LedgerWrite, ListBalancesRequest, ListBalancesResponse,
+    ListSettlementsRequest, ListSettlementsResponse, Receipt, WriteAck, WriteAcks, WriteBatch,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status, Streaming};
@@ -80,6 +80,15 @@ impl LedgerService for LedgerApi {
     ) -> Result<Response<ListSettlementsResponse>, Status> {
         Ok(Response::new(
             reads::settlements(&self.pool, request.get_ref()).await?,
+        ))
+    }
+
+    async fn list_balances(
+        &self,
+        request: Request<ListBalancesRequest>,
+    ) -> Result<Response<ListBalancesResponse>, Status> {
+        Ok(Response::new(
+            reads::balances(&self.pool, request.get_ref()).await?,
         ))
     }
 }

@@ -2,6 +2,7 @@
 //! services on their own listeners, real gRPC between them.
 
 mod billing;
+mod book;
 mod chat;
 mod disconnect;
 mod health;
