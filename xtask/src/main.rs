@@ -2,6 +2,7 @@
 #![allow(clippy::print_stdout)] // printing is what a task runner is for
 
 mod bench;
+mod bench_ledger;
 mod dev;
 mod test;
 
@@ -22,6 +23,8 @@ enum Task {
     Test(test::TestArgs),
     /// Measure the local engine against llama.cpp's llama-bench, and TTFT through the edge.
     Bench(bench::BenchArgs),
+    /// Measure ledger write throughput and ack latency at several batch sizes.
+    BenchLedger(bench_ledger::LedgerBenchArgs),
 }
 
 /// A cargo command without the variables `cargo run` set for this process:
@@ -53,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Task::Dev(args) => dev::run(args),
         Task::Test(args) => test::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::BenchLedger(args) => bench_ledger::run(args),
     }
 }

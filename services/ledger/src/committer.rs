@@ -1,6 +1,12 @@
 //! Group commit: writes from every stream queue up here and are committed many
 //! per transaction, so one fsync covers a whole batch. A write is acknowledged
 //! only after its transaction commits (acked means durable).
+//!
+//! Several lanes commit in parallel, each on its own connection. A write goes
+//! to the lane its request id hashes to, so the records of one call (its
+//! authorization, usage, settlement) are applied in the order they were sent;
+//! facts shared across lanes (nonces, idempotency keys) are guarded by unique
+//! indexes, which Postgres serialises between the lanes' transactions.
 
 use rungate_proto::ledger::v1::{LedgerWrite, WriteAck, WriteOutcome};
 use sqlx::PgPool;
@@ -16,82 +22,193 @@ struct Job {
 
 #[derive(Clone)]
 pub struct Committer {
-    jobs: mpsc::Sender<Job>,
-    stopped: watch::Receiver<bool>,
+    lanes: Vec<mpsc::Sender<Job>>,
+    stopped: Vec<watch::Receiver<bool>>,
+}
+
+/// The request a write is about: the key that keeps one call's records in order.
+fn request_id(write: &LedgerWrite) -> &str {
+    use rungate_proto::ledger::v1::ledger_write::Record;
+    match &write.record {
+        Some(Record::Authorization(a)) => &a.request_id,
+        Some(Record::Usage(u)) => &u.request_id,
+        Some(Record::Settlement(s)) => &s.request_id,
+        None => "",
+    }
 }
 
 impl Committer {
-    pub fn spawn(pool: PgPool, max_batch: usize) -> Self {
-        let (jobs, queue) = mpsc::channel(max_batch.max(1) * 4);
-        let (done, stopped) = watch::channel(false);
-        tokio::spawn(async move {
-            run(pool, queue, max_batch.max(1)).await;
-            let _ = done.send(true);
-        });
-        Self { jobs, stopped }
+    pub fn spawn(pool: PgPool, max_batch: usize, lanes: usize) -> Self {
+        let max_batch = max_batch.max(1);
+        let (senders, stopped) = (0..lanes.max(1))
+            .map(|_| {
+                let (jobs, queue) = mpsc::channel(max_batch * 4);
+                let (done, stopped) = watch::channel(false);
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    run(pool, queue, max_batch).await;
+                    let _ = done.send(true);
+                });
+                (jobs, stopped)
+            })
+            .unzip();
+        Self {
+            lanes: senders,
+            stopped,
+        }
+    }
+
+    fn lane(&self, write: &LedgerWrite) -> &mpsc::Sender<Job> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        request_id(write).hash(&mut hasher);
+        &self.lanes[hasher.finish() as usize % self.lanes.len()]
     }
 
     /// Queues a batch and waits for its acks, in order.
     pub async fn submit(&self, writes: Vec<LedgerWrite>) -> Result<Vec<WriteAck>, LedgerError> {
+        self.enqueue(writes).await?.acks().await
+    }
+
+    /// Queues a batch; its writes are applied after everything queued before
+    /// it. Callers that need order across batches enqueue them one by one.
+    pub async fn enqueue(&self, writes: Vec<LedgerWrite>) -> Result<Pending, LedgerError> {
         let mut pending = Vec::with_capacity(writes.len());
         for write in writes {
             let (done, ack) = oneshot::channel();
-            self.jobs
+            self.lane(&write)
+                .clone()
                 .send(Job { write, done })
                 .await
                 .map_err(|_| LedgerError::ShuttingDown)?;
             pending.push(ack);
         }
-        let mut acks = Vec::with_capacity(pending.len());
-        for ack in pending {
-            acks.push(ack.await.map_err(|_| LedgerError::ShuttingDown)??);
-        }
-        Ok(acks)
+        Ok(Pending(pending))
     }
 
     /// Stops taking writes once every clone is dropped and the queue is drained.
     pub async fn close(self) {
-        let mut stopped = self.stopped.clone();
+        let stopped = self.stopped.clone();
         drop(self);
-        let _ = stopped.wait_for(|done| *done).await;
+        for mut lane in stopped {
+            let _ = lane.wait_for(|done| *done).await;
+        }
+    }
+}
+
+/// Acks of an enqueued batch, arriving once its transaction commits.
+pub struct Pending(Vec<oneshot::Receiver<Result<WriteAck, LedgerError>>>);
+
+impl Pending {
+    pub async fn acks(self) -> Result<Vec<WriteAck>, LedgerError> {
+        let mut acks = Vec::with_capacity(self.0.len());
+        for ack in self.0 {
+            acks.push(ack.await.map_err(|_| LedgerError::ShuttingDown)??);
+        }
+        Ok(acks)
     }
 }
 
 async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
+    let mut known_accounts = std::collections::HashSet::new();
     while queue.recv_many(&mut batch, max_batch).await > 0 {
-        commit(&pool, &mut batch).await;
+        commit(&pool, &mut batch, &mut known_accounts).await;
     }
 }
 
-async fn commit(pool: &PgPool, batch: &mut Vec<Job>) {
-    let outcome = async {
-        let mut tx = pool.begin().await?;
-        let mut acks = Vec::with_capacity(batch.len());
-        for job in batch.iter() {
-            sqlx::query("SAVEPOINT w").execute(&mut *tx).await?;
-            let (outcome, message) = match apply(&mut tx, &job.write).await {
-                Ok(outcome) => (outcome, String::new()),
-                Err(Refusal::Database(error)) => return Err(error),
-                Err(Refusal::Conflict(m)) => (WriteOutcome::Conflict, m),
-                Err(Refusal::Rejected(m)) => (WriteOutcome::Rejected, m),
-            };
-            let end = if outcome == WriteOutcome::Applied {
-                "RELEASE SAVEPOINT w"
-            } else {
-                "ROLLBACK TO SAVEPOINT w"
-            };
-            sqlx::query(end).execute(&mut *tx).await?;
-            acks.push(WriteAck {
-                idempotency_key: job.write.idempotency_key.clone(),
-                outcome: outcome as i32,
-                message,
-            });
-        }
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(acks)
+/// Accounts the batch's authorizations need that this lane has not seen yet.
+async fn prepare_accounts(
+    pool: &PgPool,
+    batch: &[Job],
+    known: &mut std::collections::HashSet<String>,
+) -> Result<(), sqlx::Error> {
+    use rungate_proto::ledger::v1::ledger_write::Record;
+    let missing: Vec<_> = batch
+        .iter()
+        .filter_map(|job| match &job.write.record {
+            Some(Record::Authorization(a)) => Some(crate::records::accounts_for(a)),
+            _ => None,
+        })
+        .flatten()
+        .filter(|(code, ..)| !known.contains(code))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
     }
-    .await;
+    let codes: Vec<String> = missing.iter().map(|(code, ..)| code.clone()).collect();
+    crate::records::ensure_accounts(pool, missing).await?;
+    known.extend(codes);
+    Ok(())
+}
+
+fn retryable(error: &sqlx::Error) -> bool {
+    // deadlock_detected, serialization_failure
+    matches!(
+        error.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("40P01" | "40001")
+    )
+}
+
+async fn attempt_batch(
+    pool: &PgPool,
+    batch: &[Job],
+    known_accounts: &mut std::collections::HashSet<String>,
+) -> Result<Vec<WriteAck>, sqlx::Error> {
+    prepare_accounts(pool, batch, known_accounts).await?;
+    let mut tx = pool.begin().await?;
+    let mut acks = Vec::with_capacity(batch.len());
+    // Each write runs under savepoint `w`, so a refused write rolls back
+    // alone. One round trip between writes: a refused write's rollback
+    // keeps `w` for the next; an applied one releases it and sets a new one.
+    sqlx::raw_sql("SAVEPOINT w").execute(&mut *tx).await?;
+    let last = batch.len().saturating_sub(1);
+    for (i, job) in batch.iter().enumerate() {
+        let (outcome, message) = match apply(&mut tx, &job.write).await {
+            Ok(outcome) => (outcome, String::new()),
+            Err(Refusal::Database(error)) => return Err(error),
+            Err(Refusal::Conflict(m)) => (WriteOutcome::Conflict, m),
+            Err(Refusal::Rejected(m)) => (WriteOutcome::Rejected, m),
+        };
+        let next = match (outcome == WriteOutcome::Applied, i == last) {
+            (true, true) => None,
+            (true, false) => Some("RELEASE SAVEPOINT w; SAVEPOINT w"),
+            (false, _) => Some("ROLLBACK TO SAVEPOINT w"),
+        };
+        if let Some(sql) = next {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        }
+        acks.push(WriteAck {
+            idempotency_key: job.write.idempotency_key.clone(),
+            outcome: outcome as i32,
+            message,
+        });
+    }
+    tx.commit().await?;
+    Ok::<_, sqlx::Error>(acks)
+}
+
+/// Deadlocks between lanes (two batches waiting on each other's unique keys,
+/// e.g. a replayed nonce) abort one transaction; nothing in it was acked, so
+/// the batch is simply run again.
+const ATTEMPTS: usize = 4;
+
+async fn commit(
+    pool: &PgPool,
+    batch: &mut Vec<Job>,
+    known_accounts: &mut std::collections::HashSet<String>,
+) {
+    let mut attempt = 0;
+    let outcome = loop {
+        attempt += 1;
+        match attempt_batch(pool, batch, known_accounts).await {
+            Err(error) if attempt < ATTEMPTS && retryable(&error) => {
+                tracing::debug!(%error, attempt, "ledger batch retried");
+                tokio::time::sleep(std::time::Duration::from_millis(2 << attempt)).await;
+            }
+            outcome => break outcome,
+        }
+    };
     match outcome {
         Ok(acks) => {
             for (job, ack) in batch.drain(..).zip(acks) {

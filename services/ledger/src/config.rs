@@ -16,6 +16,10 @@ pub struct Config {
     #[arg(long, env = "RUNGATE_LEDGER_MAX_BATCH", default_value_t = 512)]
     pub max_batch: usize,
 
+    /// Transactions committing in parallel (each a pool connection).
+    #[arg(long, env = "RUNGATE_LEDGER_COMMIT_LANES", default_value_t = 4)]
+    pub commit_lanes: usize,
+
     /// Apply `migrations/` at startup.
     #[arg(long, env = "RUNGATE_LEDGER_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
@@ -32,6 +36,7 @@ impl Config {
             database_url: database_url.into(),
             max_connections: 8,
             max_batch: 512,
+            commit_lanes: 4,
             migrate: true,
             drain_timeout: Duration::from_secs(10),
         }

@@ -31,7 +31,8 @@ pub async fn serve(
     if config.migrate {
         db::migrate(&pool).await?;
     }
-    let committer = committer::Committer::spawn(pool.clone(), config.max_batch);
+    let committer =
+        committer::Committer::spawn(pool.clone(), config.max_batch, config.commit_lanes);
     tracing::info!(addr = %listener.local_addr()?, "ledger serving");
     let service = service::LedgerApi::new(pool.clone(), committer.clone());
     let routes = tonic::service::Routes::new(LedgerServiceServer::new(service));

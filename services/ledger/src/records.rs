@@ -100,8 +100,9 @@ async fn authorization(conn: &mut PgConnection, a: &Authorization) -> Result<(),
     }
     // Addresses and nonces are hex: compare them case-insensitively. One
     // statement books the authorization, its settlement row and first event,
-    // both accounts and the pending transfer (payer -> revenue).
-    let ledger = format!("{}:{}", a.network, a.asset.to_ascii_lowercase());
+    // and the pending transfer (payer -> revenue); the committer has made
+    // sure both accounts exist (see `accounts_for`).
+    let [(payer, ..), (revenue, ..)] = accounts_for(a);
     sqlx::query(
         "WITH auth AS (
              INSERT INTO authorizations (request_id, network, asset, payer, pay_to, amount,
@@ -112,17 +113,11 @@ async fn authorization(conn: &mut PgConnection, a: &Authorization) -> Result<(),
          settlement AS (
              INSERT INTO settlements (request_id, status) SELECT request_id, 'authorized' FROM auth),
          event AS (
-             INSERT INTO settlement_events (request_id, status) SELECT request_id, 'authorized' FROM auth),
-         payer AS (
-             INSERT INTO accounts (code, kind, ledger) VALUES ('payer:' || $13 || ':' || lower($4), 'payer', $13)
-             ON CONFLICT (code) DO NOTHING RETURNING id),
-         revenue AS (
-             INSERT INTO accounts (code, kind, ledger) VALUES ('revenue:' || $13, 'revenue', $13)
-             ON CONFLICT (code) DO NOTHING RETURNING id)
+             INSERT INTO settlement_events (request_id, status) SELECT request_id, 'authorized' FROM auth)
          INSERT INTO transfers (transfer_key, kind, debit_account, credit_account, amount, request_id)
          SELECT 'auth:' || auth.request_id, 'pending',
-             coalesce((SELECT id FROM payer), (SELECT id FROM accounts WHERE code = 'payer:' || $13 || ':' || lower($4))),
-             coalesce((SELECT id FROM revenue), (SELECT id FROM accounts WHERE code = 'revenue:' || $13)),
+             (SELECT id FROM accounts WHERE code = $13),
+             (SELECT id FROM accounts WHERE code = $14),
              auth.amount, auth.request_id
          FROM auth WHERE auth.amount > 0",
     )
@@ -138,8 +133,48 @@ async fn authorization(conn: &mut PgConnection, a: &Authorization) -> Result<(),
     .bind(&a.signature)
     .bind(&a.scheme)
     .bind(a.x402_version as i32)
-    .bind(&ledger)
+    .bind(payer)
+    .bind(revenue)
     .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The book accounts an authorization moves money between: (code, kind, ledger)
+/// of the payer's account and of revenue. A ledger is one asset on one network.
+pub fn accounts_for(a: &Authorization) -> [(String, &'static str, String); 2] {
+    let ledger = format!("{}:{}", a.network, a.asset.to_ascii_lowercase());
+    [
+        (
+            format!("payer:{ledger}:{}", a.payer.to_ascii_lowercase()),
+            "payer",
+            ledger.clone(),
+        ),
+        (format!("revenue:{ledger}"), "revenue", ledger),
+    ]
+}
+
+/// Creates the accounts a batch needs, outside its transaction: account
+/// creation is idempotent and never rolled back, and done this way two lanes
+/// never wait on each other's open transaction for a shared account.
+pub async fn ensure_accounts(
+    pool: &sqlx::PgPool,
+    mut accounts: Vec<(String, &'static str, String)>,
+) -> Result<(), sqlx::Error> {
+    // Sorted, so concurrent inserts take their locks in one order.
+    accounts.sort();
+    accounts.dedup();
+    let (codes, (kinds, ledgers)): (Vec<String>, (Vec<&str>, Vec<String>)) =
+        accounts.into_iter().map(|(c, k, l)| (c, (k, l))).unzip();
+    sqlx::query(
+        "INSERT INTO accounts (code, kind, ledger)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
+         ON CONFLICT (code) DO NOTHING",
+    )
+    .bind(codes)
+    .bind(kinds)
+    .bind(ledgers)
+    .execute(pool)
     .await?;
     Ok(())
 }

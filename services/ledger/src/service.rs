@@ -28,8 +28,8 @@ impl LedgerService for LedgerApi {
     type WriteStream =
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<WriteAcks, Status>> + Send>>;
 
-    /// Batches are acked in the order they arrive; several batches of one
-    /// stream may be in the committer at once, so a client can pipeline.
+    /// Batches are applied and acked in the order they arrive; several batches
+    /// of one stream may await their commit at once, so a client can pipeline.
     async fn write(
         &self,
         request: Request<Streaming<WriteBatch>>,
@@ -37,13 +37,16 @@ impl LedgerService for LedgerApi {
         let committer = self.committer.clone();
         let acks = request
             .into_inner()
-            .map(move |batch| {
+            // Enqueued one batch after another (order within a stream holds,
+            // e.g. an authorization before its settlement)...
+            .then(move |batch| {
                 let committer = committer.clone();
-                async move {
-                    let batch = batch?;
-                    let acks = committer.submit(batch.writes).await?;
-                    Ok(WriteAcks { acks })
-                }
+                async move { Ok::<_, Status>(committer.enqueue(batch?.writes).await?) }
+            })
+            // ...while up to 64 of them wait for their commit together.
+            .map(|pending| async move {
+                let acks = pending?.acks().await?;
+                Ok(WriteAcks { acks })
             })
             .buffered(64)
             .scan(false, |failed, item: Result<WriteAcks, Status>| {
