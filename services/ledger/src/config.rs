@@ -20,6 +20,11 @@ pub struct Config {
     #[arg(long, env = "RUNGATE_LEDGER_COMMIT_LANES", default_value_t = 4)]
     pub commit_lanes: usize,
 
+    /// How often authorizations past validBefore are expired and voided.
+    #[arg(long, env = "RUNGATE_LEDGER_EXPIRY_INTERVAL", default_value = "30s",
+          value_parser = rungate_common::args::parse_duration)]
+    pub expiry_interval: Duration,
+
     /// Apply `migrations/` at startup.
     #[arg(long, env = "RUNGATE_LEDGER_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
@@ -37,6 +42,7 @@ impl Config {
             max_connections: 8,
             max_batch: 512,
             commit_lanes: 4,
+            expiry_interval: Duration::from_secs(30),
             migrate: true,
             drain_timeout: Duration::from_secs(10),
         }

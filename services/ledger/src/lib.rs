@@ -7,9 +7,11 @@ pub mod config;
 mod convert;
 pub mod db;
 pub mod error;
+mod queue;
 mod reads;
 mod records;
 mod service;
+mod watch;
 
 use std::future::Future;
 
@@ -33,8 +35,13 @@ pub async fn serve(
     }
     let committer =
         committer::Committer::spawn(pool.clone(), config.max_batch, config.commit_lanes);
+    let (changes, listening) = watch::spawn(&pool).await?;
+    let expiring = tokio::spawn(queue::expire_periodically(
+        pool.clone(),
+        config.expiry_interval,
+    ));
     tracing::info!(addr = %listener.local_addr()?, "ledger serving");
-    let service = service::LedgerApi::new(pool.clone(), committer.clone());
+    let service = service::LedgerApi::new(pool.clone(), committer.clone(), changes);
     let routes = tonic::service::Routes::new(LedgerServiceServer::new(service));
     rungate_common::grpc::serve(
         listener,
@@ -44,6 +51,8 @@ pub async fn serve(
         config.drain_timeout,
     )
     .await?;
+    listening.abort();
+    expiring.abort();
     committer.close().await;
     pool.close().await;
     Ok(())

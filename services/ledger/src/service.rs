@@ -3,28 +3,43 @@
 use futures::StreamExt;
 use rungate_proto::ledger::v1::ledger_service_server::LedgerService;
 use rungate_proto::ledger::v1::{
-    GetReceiptRequest, LedgerWrite, ListBalancesRequest, ListBalancesResponse,
-    ListSettlementsRequest, ListSettlementsResponse, Receipt, WriteAck, WriteAcks, WriteBatch,
+    ClaimSettlementsRequest, ClaimSettlementsResponse, ExpireAuthorizationsRequest,
+    ExpireAuthorizationsResponse, GetReceiptRequest, LedgerWrite, ListBalancesRequest,
+    ListBalancesResponse, ListSettlementsRequest, ListSettlementsResponse, Receipt,
+    SettlementChange, WatchSettlementsRequest, WriteAck, WriteAcks, WriteBatch,
 };
 use sqlx::PgPool;
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::committer::Committer;
-use crate::reads;
+use crate::{queue, reads};
 
 pub struct LedgerApi {
     pool: PgPool,
     committer: Committer,
+    changes: broadcast::Sender<SettlementChange>,
 }
 
 impl LedgerApi {
-    pub fn new(pool: PgPool, committer: Committer) -> Self {
-        Self { pool, committer }
+    pub fn new(
+        pool: PgPool,
+        committer: Committer,
+        changes: broadcast::Sender<SettlementChange>,
+    ) -> Self {
+        Self {
+            pool,
+            committer,
+            changes,
+        }
     }
 }
 
 #[tonic::async_trait]
 impl LedgerService for LedgerApi {
+    type WatchSettlementsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<SettlementChange, Status>> + Send>>;
+
     type WriteStream =
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<WriteAcks, Status>> + Send>>;
 
@@ -93,5 +108,42 @@ impl LedgerService for LedgerApi {
         Ok(Response::new(
             reads::balances(&self.pool, request.get_ref()).await?,
         ))
+    }
+
+    async fn claim_settlements(
+        &self,
+        request: Request<ClaimSettlementsRequest>,
+    ) -> Result<Response<ClaimSettlementsResponse>, Status> {
+        Ok(Response::new(
+            queue::claim(&self.pool, request.get_ref()).await?,
+        ))
+    }
+
+    async fn expire_authorizations(
+        &self,
+        _request: Request<ExpireAuthorizationsRequest>,
+    ) -> Result<Response<ExpireAuthorizationsResponse>, Status> {
+        Ok(Response::new(ExpireAuthorizationsResponse {
+            expired: queue::expire(&self.pool).await?,
+        }))
+    }
+
+    async fn watch_settlements(
+        &self,
+        request: Request<WatchSettlementsRequest>,
+    ) -> Result<Response<Self::WatchSettlementsStream>, Status> {
+        let only = request.into_inner().request_id;
+        let changes = tokio_stream::wrappers::BroadcastStream::new(self.changes.subscribe())
+            .filter_map(move |change| {
+                let item = match change {
+                    Ok(change) if only.is_empty() || change.request_id == only => Some(Ok(change)),
+                    Ok(_) => None,
+                    Err(_) => Some(Err(Status::resource_exhausted(
+                        "this watcher fell behind and missed changes; re-read and watch again",
+                    ))),
+                };
+                futures::future::ready(item)
+            });
+        Ok(Response::new(Box::pin(changes)))
     }
 }

@@ -9,6 +9,7 @@ mod health;
 mod ledger;
 mod local_chat;
 mod local_engine;
+mod queue;
 mod shutdown;
 mod support;
 mod tracing;

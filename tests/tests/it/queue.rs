@@ -1,0 +1,233 @@
+//! The settlement queue (claims with leases, SKIP LOCKED), expiry, and the
+//! WatchSettlements stream.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rungate_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
+use rungate_proto::ledger::v1::{
+    Authorization, ClaimSettlementsRequest, ExpireAuthorizationsRequest, GetReceiptRequest,
+    LedgerWrite, ListBalancesRequest, SettlementStatus, SettlementUpdate, WatchSettlementsRequest,
+    WriteOutcome, ledger_write::Record,
+};
+use rungate_tests::cluster;
+use tonic::transport::Channel;
+
+async fn ledger() -> LedgerServiceClient<Channel> {
+    LedgerServiceClient::connect(cluster().ledger_url.clone())
+        .await
+        .expect("connect")
+}
+
+fn network() -> String {
+    format!("queue:{}", uuid::Uuid::new_v4().simple())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn authorize(network: &str, request_id: &str, valid_before: u64) {
+    let ack = ledger()
+        .await
+        .write_one(LedgerWrite {
+            idempotency_key: format!("auth-{request_id}"),
+            record: Some(Record::Authorization(Authorization {
+                request_id: request_id.into(),
+                network: network.into(),
+                asset: "0xasset".into(),
+                payer: "0xpayer".into(),
+                pay_to: "0xpayto".into(),
+                amount: Some(5u128.into()),
+                valid_after: 0,
+                valid_before,
+                nonce: format!("0x{request_id}"),
+                signature: "0xsig".into(),
+                scheme: "exact".into(),
+                x402_version: 2,
+            })),
+        })
+        .await
+        .expect("write")
+        .into_inner();
+    assert_eq!(ack.outcome, WriteOutcome::Applied as i32, "{}", ack.message);
+}
+
+fn claim(network: &str, worker: &str, limit: u32, lease_seconds: u32) -> ClaimSettlementsRequest {
+    ClaimSettlementsRequest {
+        worker: worker.into(),
+        limit,
+        lease_seconds,
+        network: network.into(),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_workers_never_claim_the_same_settlement() {
+    let network = network();
+    let mut expected = HashSet::new();
+    for i in 0..12 {
+        let request = format!("{network}-{i}");
+        authorize(&network, &request, now() + 3_600 + i).await;
+        expected.insert(request);
+    }
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let network = network.clone();
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = ledger()
+                    .await
+                    .claim_settlements(claim(&network, &format!("w{worker}"), 2, 60))
+                    .await
+                    .expect("claim")
+                    .into_inner()
+                    .claimed;
+                if claimed.is_empty() {
+                    return mine;
+                }
+                for c in claimed {
+                    assert_eq!(c.attempts, 1);
+                    mine.push(c.authorization.expect("authorization").request_id);
+                }
+            }
+        }));
+    }
+    let mut seen = Vec::new();
+    for worker in workers {
+        seen.extend(worker.await.expect("join"));
+    }
+    let unique: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "a settlement was claimed twice");
+    assert_eq!(unique, expected);
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_returns_the_claim_to_the_queue() {
+    let network = network();
+    let request = format!("{network}-lease");
+    authorize(&network, &request, now() + 3_600).await;
+    let first = ledger()
+        .await
+        .claim_settlements(claim(&network, "a", 10, 1))
+        .await
+        .expect("claim")
+        .into_inner();
+    assert_eq!(first.claimed.len(), 1);
+    let during = ledger()
+        .await
+        .claim_settlements(claim(&network, "b", 10, 1))
+        .await
+        .expect("claim")
+        .into_inner();
+    assert!(during.claimed.is_empty(), "leased to a");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let after = ledger()
+        .await
+        .claim_settlements(claim(&network, "b", 10, 60))
+        .await
+        .expect("claim")
+        .into_inner();
+    assert_eq!(after.claimed.len(), 1, "the lease ran out");
+    assert_eq!(after.claimed[0].attempts, 2);
+}
+
+#[tokio::test]
+async fn authorizations_past_valid_before_expire_and_their_pending_transfer_is_voided() {
+    let network = network();
+    let request = format!("{network}-late");
+    authorize(&network, &request, now() + 1).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let claimed = ledger()
+        .await
+        .claim_settlements(claim(&network, "w", 10, 60))
+        .await
+        .expect("claim")
+        .into_inner();
+    assert!(claimed.claimed.is_empty(), "too late to settle");
+    let expired = ledger()
+        .await
+        .expire_authorizations(ExpireAuthorizationsRequest {})
+        .await
+        .expect("expire")
+        .into_inner()
+        .expired;
+    assert!(expired >= 1);
+    let receipt = ledger()
+        .await
+        .get_receipt(GetReceiptRequest {
+            request_id: request.clone(),
+        })
+        .await
+        .expect("receipt")
+        .into_inner();
+    assert_eq!(receipt.status, SettlementStatus::Expired as i32);
+    let balances = ledger()
+        .await
+        .list_balances(ListBalancesRequest {
+            code_prefix: format!("payer:{network}"),
+        })
+        .await
+        .expect("balances")
+        .into_inner()
+        .balances;
+    let payer = &balances[0];
+    assert_eq!(
+        payer.debits_pending.unwrap_or_default().atomic(),
+        0,
+        "voided"
+    );
+    assert_eq!(payer.debits_posted.unwrap_or_default().atomic(), 0);
+}
+
+#[tokio::test]
+async fn watchers_see_each_transition_as_it_commits() {
+    let network = network();
+    let request = format!("{network}-watched");
+    let mut changes = ledger()
+        .await
+        .watch_settlements(WatchSettlementsRequest {
+            request_id: request.clone(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    authorize(&network, &request, now() + 3_600).await;
+    let ack = ledger()
+        .await
+        .write_one(LedgerWrite {
+            idempotency_key: format!("settled-{request}"),
+            record: Some(Record::Settlement(SettlementUpdate {
+                request_id: request.clone(),
+                status: SettlementStatus::Settled as i32,
+                tx_hash: "0xfeed".into(),
+                block_number: 9,
+                error: String::new(),
+            })),
+        })
+        .await
+        .expect("write")
+        .into_inner();
+    assert_eq!(ack.outcome, WriteOutcome::Applied as i32, "{}", ack.message);
+    let first = next(&mut changes).await;
+    assert_eq!(
+        (first.request_id.as_str(), first.status),
+        (request.as_str(), SettlementStatus::Authorized as i32)
+    );
+    let second = next(&mut changes).await;
+    assert_eq!(second.status, SettlementStatus::Settled as i32);
+    assert_eq!(second.tx_hash, "0xfeed");
+}
+
+async fn next(
+    changes: &mut tonic::Streaming<rungate_proto::ledger::v1::SettlementChange>,
+) -> rungate_proto::ledger::v1::SettlementChange {
+    tokio::time::timeout(Duration::from_secs(5), changes.message())
+        .await
+        .expect("a change within 5 s")
+        .expect("stream")
+        .expect("open")
+}
