@@ -198,7 +198,10 @@ async fn boot(postgres: Postgres) -> anyhow::Result<TestCluster> {
     });
 
     let (listener, edge_addr) = bind().await?;
-    let edge = rungate_edge::Config::new(format!("http://{inference_addr}"));
+    let edge = rungate_edge::Config::new(
+        format!("http://{inference_addr}"),
+        format!("http://{ledger_addr}"),
+    );
     tokio::spawn(async move {
         if let Err(error) = rungate_edge::serve(listener, edge, never()).await {
             eprintln!("edge stopped: {error:#}");

@@ -194,7 +194,8 @@ async fn edge_ttft(registry: Registry, runs: usize) -> anyhow::Result<f64> {
     let edge_url = format!("http://{}", edge.local_addr()?);
     tokio::spawn(rungate_edge::serve(
         edge,
-        rungate_edge::Config::new(inference_url.clone()),
+        // No ledger runs here: usage records queue and retry, off the measured path.
+        rungate_edge::Config::new(inference_url.clone(), "http://127.0.0.1:9"),
         std::future::pending(),
     ));
     rungate_tests::cluster::wait_serving(&inference_url).await?;

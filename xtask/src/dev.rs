@@ -141,6 +141,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 
         let mut env = common("RUNGATE_EDGE_LISTEN", edge_port);
         env.push(("RUNGATE_INFERENCE_URL", url(inference_port)));
+        env.push(("RUNGATE_LEDGER_URL", url(ledger_port)));
         services.push(spawn(&bin, "rungate-edge", &env)?);
         Ok(())
     })();

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 mod openai;
+mod recorder;
 mod routes;
 mod sse;
 mod state;

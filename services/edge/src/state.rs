@@ -2,23 +2,34 @@
 
 use rungate_common::propagation::TracePropagator;
 use rungate_proto::inference::v1::inference_service_client::InferenceServiceClient;
+use rungate_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::Config;
+use crate::recorder::UsageRecorder;
 
 pub type InferenceClient = InferenceServiceClient<InterceptedService<Channel, TracePropagator>>;
+pub type LedgerClient = LedgerServiceClient<InterceptedService<Channel, TracePropagator>>;
 
 #[derive(Clone)]
 pub struct AppState {
     pub inference: InferenceClient,
+    pub ledger: LedgerClient,
+    pub usage: UsageRecorder,
 }
 
 impl AppState {
     pub fn connect(config: &Config) -> anyhow::Result<Self> {
-        let channel = rungate_common::grpc::lazy_channel(&config.inference_url)?;
+        let inference = rungate_common::grpc::lazy_channel(&config.inference_url)?;
+        let ledger = LedgerServiceClient::with_interceptor(
+            rungate_common::grpc::lazy_channel(&config.ledger_url)?,
+            TracePropagator,
+        );
         Ok(Self {
-            inference: InferenceServiceClient::with_interceptor(channel, TracePropagator),
+            inference: InferenceServiceClient::with_interceptor(inference, TracePropagator),
+            usage: UsageRecorder::spawn(ledger.clone()),
+            ledger,
         })
     }
 }

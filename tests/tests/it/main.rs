@@ -10,6 +10,7 @@ mod ledger;
 mod local_chat;
 mod local_engine;
 mod queue;
+mod receipts;
 mod shutdown;
 mod support;
 mod tracing;

@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::Stream;
 use http::{HeaderValue, StatusCode, header};
-use rungate_proto::inference::v1::{GenerateEvent, GenerateRequest, generate_event::Event};
+use rungate_proto::inference::v1::{
+    Finished, GenerateEvent, GenerateRequest, generate_event::Event,
+};
 use tonic::Streaming;
 
 use crate::ApiError;
@@ -18,6 +20,7 @@ use crate::openai::{
     AssistantMessage, ChatRequest, Chunk, ChunkChoice, Completion, CompletionChoice, Delta, Usage,
     finish_reason,
 };
+use crate::recorder::{ServedCall, UsageRecorder};
 use crate::sse;
 use crate::state::AppState;
 
@@ -36,7 +39,9 @@ pub async fn completions(
             .with_status(StatusCode::PAYLOAD_TOO_LARGE)
         })?;
     let chat = ChatRequest::parse(&bytes)?;
-    let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+    // Random (v4), not time-ordered: the id is also the receipt id, which
+    // must not be guessable.
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let span = tracing::Span::current();
     span.record("request_id", id.as_str());
     if let Some(metadata) = &chat.metadata {
@@ -73,6 +78,8 @@ pub async fn completions(
         id,
         created,
         model: chat.model,
+        served_by: String::new(),
+        usage: state.usage.clone(),
     };
     if chat.stream {
         Ok(streamed(call, events, chat.include_usage))
@@ -85,14 +92,34 @@ struct Call {
     id: String,
     created: u64,
     model: String,
+    /// The engine's name for what served the call (from its Started event).
+    served_by: String,
+    usage: UsageRecorder,
 }
 
-async fn complete(call: Call, mut events: Streaming<GenerateEvent>) -> Result<Response, ApiError> {
+impl Call {
+    fn finished(&self, finished: &Finished) {
+        self.usage.record(ServedCall {
+            request_id: &self.id,
+            model: &self.model,
+            engine: &self.served_by,
+            usage: finished.usage.unwrap_or_default(),
+            finish_reason: finish_reason(finished.finish_reason),
+        });
+    }
+}
+
+async fn complete(
+    mut call: Call,
+    mut events: Streaming<GenerateEvent>,
+) -> Result<Response, ApiError> {
     let mut text = String::new();
     while let Some(event) = events.message().await? {
         match event.event {
             Some(Event::Delta(delta)) => text.push_str(&delta.text),
+            Some(Event::Started(started)) => call.served_by = started.served_by,
             Some(Event::Finished(finished)) => {
+                call.finished(&finished);
                 let body = Completion {
                     id: &call.id,
                     object: "chat.completion",
@@ -113,7 +140,7 @@ async fn complete(call: Call, mut events: Streaming<GenerateEvent>) -> Result<Re
                 set_request_id(&mut response, &call.id);
                 return Ok(response);
             }
-            Some(Event::Started(_)) | None => {}
+            None => {}
         }
     }
     Err(tonic::Status::unavailable("the engine ended the stream without finishing").into())
@@ -140,9 +167,11 @@ fn streamed(call: Call, events: Streaming<GenerateEvent>, include_usage: bool) -
     response
 }
 
+/// The call's id, which is also its receipt's (`GET /v1/receipts/{id}`).
 fn set_request_id(response: &mut Response, id: &str) {
     if let Ok(value) = HeaderValue::from_str(id) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert("x-request-id", value.clone());
+        response.headers_mut().insert("x-rungate-receipt", value);
     }
 }
 
@@ -220,8 +249,12 @@ impl Frames {
                 self.pending.push_back(frame);
             }
             Ok(Some(GenerateEvent {
+                event: Some(Event::Started(started)),
+            })) => self.call.served_by = started.served_by,
+            Ok(Some(GenerateEvent {
                 event: Some(Event::Finished(finished)),
             })) => {
+                self.call.finished(&finished);
                 let last = self.chunk(
                     Delta::default(),
                     Some(finish_reason(finished.finish_reason)),

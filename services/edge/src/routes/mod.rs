@@ -2,6 +2,7 @@
 
 mod chat;
 mod models;
+mod receipts;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -19,6 +20,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         )
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::one))
+        .route("/v1/receipts/{id}", get(receipts::one))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .layer(TraceLayer::new_for_http().make_span_with(http_span))
