@@ -1,7 +1,7 @@
 //! Read side: receipts and settlement listings.
 
 use rungate_proto::ledger::v1::{
-    Balance, ListBalancesRequest, ListBalancesResponse, ListSettlementsRequest,
+    Balance, GetReceiptRequest, ListBalancesRequest, ListBalancesResponse, ListSettlementsRequest,
     ListSettlementsResponse, Receipt, Settlement,
 };
 use rungate_proto::types::v1::TokenUsage;
@@ -12,7 +12,29 @@ use crate::convert::{parse_amount, parse_status};
 
 const MAX_PAGE: u32 = 500;
 
-pub async fn receipt(pool: &PgPool, request_id: &str) -> Result<Receipt, LedgerError> {
+/// The receipt named by `request`: its request id, or else its authorization.
+pub async fn receipt(pool: &PgPool, request: &GetReceiptRequest) -> Result<Receipt, LedgerError> {
+    let request_id = match (&request.request_id, &request.authorization) {
+        (id, _) if !id.is_empty() => id.clone(),
+        (_, Some(key)) => sqlx::query_scalar(
+            "SELECT request_id FROM authorizations
+             WHERE network = $1 AND payer = lower($2) AND nonce = lower($3)",
+        )
+        .bind(&key.network)
+        .bind(&key.payer)
+        .bind(&key.nonce)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| {
+            LedgerError::NotFound("no authorization with that network, payer and nonce".into())
+        })?,
+        _ => {
+            return Err(LedgerError::InvalidArgument(
+                "give a request_id or an authorization".into(),
+            ));
+        }
+    };
+    let request_id = request_id.as_str();
     let row = sqlx::query(
         "SELECT u.model, u.prompt_tokens, u.completion_tokens,
                 coalesce(u.charged, 0)::text AS charged,

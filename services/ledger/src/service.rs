@@ -88,7 +88,7 @@ impl LedgerService for LedgerApi {
         request: Request<GetReceiptRequest>,
     ) -> Result<Response<Receipt>, Status> {
         Ok(Response::new(
-            reads::receipt(&self.pool, &request.into_inner().request_id).await?,
+            reads::receipt(&self.pool, request.get_ref()).await?,
         ))
     }
 

@@ -3,8 +3,8 @@
 
 use rungate_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
 use rungate_proto::ledger::v1::{
-    Authorization, GetReceiptRequest, LedgerWrite, ListSettlementsRequest, SettlementStatus,
-    SettlementUpdate, Usage, WriteBatch, WriteOutcome, ledger_write::Record,
+    Authorization, AuthorizationKey, GetReceiptRequest, LedgerWrite, ListSettlementsRequest,
+    SettlementStatus, SettlementUpdate, Usage, WriteBatch, WriteOutcome, ledger_write::Record,
 };
 use rungate_proto::types::v1::TokenUsage;
 use rungate_tests::cluster;
@@ -98,11 +98,12 @@ async fn a_batched_stream_records_usage_and_settlement_and_the_receipt_shows_the
     let mut ledger = ledger().await;
     let request_id = unique("req");
     let payer = unique("0xpayer");
+    let nonce = unique("0xn");
     let batch = WriteBatch {
         writes: vec![
             write(
                 &unique("a"),
-                Record::Authorization(authorization(&request_id, &payer, &unique("0xn"))),
+                Record::Authorization(authorization(&request_id, &payer, &nonce)),
             ),
             write(
                 &unique("u"),
@@ -184,6 +185,7 @@ async fn a_batched_stream_records_usage_and_settlement_and_the_receipt_shows_the
     let receipt = ledger
         .get_receipt(GetReceiptRequest {
             request_id: request_id.clone(),
+            authorization: None,
         })
         .await
         .expect("receipt")
@@ -201,9 +203,25 @@ async fn a_batched_stream_records_usage_and_settlement_and_the_receipt_shows_the
     assert_eq!(receipt.status, SettlementStatus::Settled as i32);
     assert_eq!(receipt.tx_hash, "0xabc");
 
+    // The same receipt, found by the authorization that paid for it.
+    let by_authorization = ledger
+        .get_receipt(GetReceiptRequest {
+            request_id: String::new(),
+            authorization: Some(AuthorizationKey {
+                network: "eip155:8453".into(),
+                payer: payer.to_uppercase(),
+                nonce: nonce.clone(),
+            }),
+        })
+        .await
+        .expect("receipt by authorization")
+        .into_inner();
+    assert_eq!(by_authorization, receipt);
+
     let missing = ledger
         .get_receipt(GetReceiptRequest {
             request_id: unique("nope"),
+            authorization: None,
         })
         .await
         .expect_err("no receipt");

@@ -160,6 +160,7 @@ async fn authorizations_past_valid_before_expire_and_their_pending_transfer_is_v
         .await
         .get_receipt(GetReceiptRequest {
             request_id: request.clone(),
+            authorization: None,
         })
         .await
         .expect("receipt")

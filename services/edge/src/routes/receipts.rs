@@ -19,6 +19,7 @@ pub async fn one(
         .clone()
         .get_receipt(GetReceiptRequest {
             request_id: id.clone(),
+            authorization: None,
         })
         .await
         .map_err(|status| match status.code() {
