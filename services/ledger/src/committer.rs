@@ -150,33 +150,58 @@ fn retryable(error: &sqlx::Error) -> bool {
     )
 }
 
+/// Why a batch attempt stopped without committing.
+enum Stop {
+    Database(sqlx::Error),
+    /// A write was refused on the fast path: redo the batch carefully.
+    Refused,
+}
+
+impl From<sqlx::Error> for Stop {
+    fn from(error: sqlx::Error) -> Self {
+        Stop::Database(error)
+    }
+}
+
+/// Runs the batch in one transaction. The fast path applies writes back to
+/// back with no savepoints: each applied write is one round trip. A refused
+/// write may have left part of itself behind (its idempotency key, say), so
+/// on the first refusal the fast attempt stops and the batch runs again
+/// `careful`ly, each write under a savepoint that a refusal rolls back.
+/// Refusals are rare (replays, misuse), so nearly every batch is fast.
 async fn attempt_batch(
     pool: &PgPool,
     batch: &[Job],
     known_accounts: &mut std::collections::HashSet<String>,
-) -> Result<Vec<WriteAck>, sqlx::Error> {
+    careful: bool,
+) -> Result<Vec<WriteAck>, Stop> {
     prepare_accounts(pool, batch, known_accounts).await?;
     let mut tx = pool.begin().await?;
     let mut acks = Vec::with_capacity(batch.len());
-    // Each write runs under savepoint `w`, so a refused write rolls back
-    // alone. One round trip between writes: a refused write's rollback
-    // keeps `w` for the next; an applied one releases it and sets a new one.
-    sqlx::raw_sql("SAVEPOINT w").execute(&mut *tx).await?;
+    if careful {
+        sqlx::raw_sql("SAVEPOINT w").execute(&mut *tx).await?;
+    }
     let last = batch.len().saturating_sub(1);
     for (i, job) in batch.iter().enumerate() {
         let (outcome, message) = match apply(&mut tx, &job.write).await {
             Ok(outcome) => (outcome, String::new()),
-            Err(Refusal::Database(error)) => return Err(error),
+            Err(Refusal::Database(error)) => return Err(Stop::Database(error)),
+            Err(_) if !careful => return Err(Stop::Refused),
             Err(Refusal::Conflict(m)) => (WriteOutcome::Conflict, m),
             Err(Refusal::Rejected(m)) => (WriteOutcome::Rejected, m),
         };
-        let next = match (outcome == WriteOutcome::Applied, i == last) {
-            (true, true) => None,
-            (true, false) => Some("RELEASE SAVEPOINT w; SAVEPOINT w"),
-            (false, _) => Some("ROLLBACK TO SAVEPOINT w"),
-        };
-        if let Some(sql) = next {
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        if careful {
+            // One round trip between writes: a refused write's rollback keeps
+            // `w` for the next; an applied one releases it and sets a new one.
+            let refused = matches!(outcome, WriteOutcome::Conflict | WriteOutcome::Rejected);
+            let next = match (refused, i == last) {
+                (true, _) => Some("ROLLBACK TO SAVEPOINT w"),
+                (false, true) => None,
+                (false, false) => Some("RELEASE SAVEPOINT w; SAVEPOINT w"),
+            };
+            if let Some(sql) = next {
+                sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            }
         }
         acks.push(WriteAck {
             idempotency_key: job.write.idempotency_key.clone(),
@@ -185,7 +210,7 @@ async fn attempt_batch(
         });
     }
     tx.commit().await?;
-    Ok::<_, sqlx::Error>(acks)
+    Ok(acks)
 }
 
 /// Deadlocks between lanes (two batches waiting on each other's unique keys,
@@ -199,14 +224,17 @@ async fn commit(
     known_accounts: &mut std::collections::HashSet<String>,
 ) {
     let mut attempt = 0;
+    let mut careful = false;
     let outcome = loop {
         attempt += 1;
-        match attempt_batch(pool, batch, known_accounts).await {
-            Err(error) if attempt < ATTEMPTS && retryable(&error) => {
+        match attempt_batch(pool, batch, known_accounts, careful).await {
+            Ok(acks) => break Ok(acks),
+            Err(Stop::Refused) => careful = true,
+            Err(Stop::Database(error)) if attempt < ATTEMPTS && retryable(&error) => {
                 tracing::debug!(%error, attempt, "ledger batch retried");
                 tokio::time::sleep(std::time::Duration::from_millis(2 << attempt)).await;
             }
-            outcome => break outcome,
+            Err(Stop::Database(error)) => break Err(error),
         }
     };
     match outcome {

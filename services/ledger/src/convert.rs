@@ -39,36 +39,3 @@ pub fn parse_status(label: &str) -> SettlementStatus {
         _ => SettlementStatus::Unspecified,
     }
 }
-
-/// Settlements only move forward: authorized → settling → a final state.
-/// `settling → settling` is a retry and is allowed.
-pub fn may_advance(from: SettlementStatus, to: SettlementStatus) -> bool {
-    fn rank(status: SettlementStatus) -> u8 {
-        match status {
-            SettlementStatus::Unspecified => 0,
-            SettlementStatus::Authorized => 1,
-            SettlementStatus::Settling => 2,
-            _ => 3,
-        }
-    }
-    let (from_rank, to_rank) = (rank(from), rank(to));
-    from_rank < 3 && (to_rank > from_rank || (from == to && to == SettlementStatus::Settling))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use SettlementStatus::*;
-
-    #[test]
-    fn settlements_only_move_forward() {
-        assert!(may_advance(Authorized, Settling));
-        assert!(may_advance(Authorized, Settled));
-        assert!(may_advance(Settling, Settling));
-        assert!(may_advance(Settling, Failed));
-        assert!(!may_advance(Settled, Settling));
-        assert!(!may_advance(Settling, Authorized));
-        assert!(!may_advance(Failed, Settled));
-        assert!(!may_advance(Authorized, Authorized));
-    }
-}

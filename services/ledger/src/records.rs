@@ -8,7 +8,7 @@ use rungate_proto::ledger::v1::{
 };
 use sqlx::{PgConnection, Row};
 
-use crate::convert::{amount_text, may_advance, parse_status, status_label};
+use crate::convert::{amount_text, parse_status, status_label};
 
 /// Why a write changed nothing.
 pub enum Refusal {
@@ -38,6 +38,9 @@ impl From<sqlx::Error> for Refusal {
 }
 
 /// Applies `write`: records it, or recognises a replay of an earlier write.
+/// Each record is one statement that also claims the idempotency key, so an
+/// applied write costs one round trip. A refusal may leave the key claimed:
+/// the committer rolls the write back (see committer.rs).
 pub async fn apply(conn: &mut PgConnection, write: &LedgerWrite) -> Result<WriteOutcome, Refusal> {
     if write.idempotency_key.is_empty() {
         return Err(Refusal::Rejected("idempotency_key is required".into()));
@@ -46,35 +49,37 @@ pub async fn apply(conn: &mut PgConnection, write: &LedgerWrite) -> Result<Write
         return Err(Refusal::Rejected("the write has no record".into()));
     };
     let payload = write.encode_to_vec();
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (key, payload) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(&write.idempotency_key)
-    .bind(&payload)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        let first: Vec<u8> =
-            sqlx::query_scalar("SELECT payload FROM idempotency_keys WHERE key = $1")
-                .bind(&write.idempotency_key)
-                .fetch_one(&mut *conn)
-                .await?;
-        return if first == payload {
-            Ok(WriteOutcome::Duplicate)
-        } else {
-            Err(Refusal::Conflict(format!(
-                "idempotency key `{}` was used for another write",
-                write.idempotency_key
-            )))
-        };
+    let key = Key {
+        key: &write.idempotency_key,
+        payload: &payload,
+    };
+    let fresh = match record {
+        Record::Authorization(a) => authorization(conn, &key, a).await?,
+        Record::Usage(u) => usage(conn, &key, u).await?,
+        Record::Settlement(s) => settlement(conn, &key, s).await?,
+    };
+    if fresh {
+        return Ok(WriteOutcome::Applied);
     }
-    match record {
-        Record::Authorization(a) => authorization(conn, a).await?,
-        Record::Usage(u) => usage(conn, u).await?,
-        Record::Settlement(s) => settlement(conn, s).await?,
+    // The key was taken: a replay (same payload) or a misuse (another payload).
+    let first: Vec<u8> = sqlx::query_scalar("SELECT payload FROM idempotency_keys WHERE key = $1")
+        .bind(key.key)
+        .fetch_one(&mut *conn)
+        .await?;
+    if first == payload {
+        Ok(WriteOutcome::Duplicate)
+    } else {
+        Err(Refusal::Conflict(format!(
+            "idempotency key `{}` was used for another write",
+            key.key
+        )))
     }
-    Ok(WriteOutcome::Applied)
+}
+
+/// The idempotency key a write claims, with the payload it is bound to.
+struct Key<'a> {
+    key: &'a str,
+    payload: &'a [u8],
 }
 
 fn required(field: &str, value: &str) -> Result<(), Refusal> {
@@ -85,7 +90,12 @@ fn required(field: &str, value: &str) -> Result<(), Refusal> {
     }
 }
 
-async fn authorization(conn: &mut PgConnection, a: &Authorization) -> Result<(), Refusal> {
+/// Returns whether the write was fresh (its key unclaimed until now).
+async fn authorization(
+    conn: &mut PgConnection,
+    key: &Key<'_>,
+    a: &Authorization,
+) -> Result<bool, Refusal> {
     for (field, value) in [
         ("request_id", &a.request_id),
         ("network", &a.network),
@@ -99,27 +109,33 @@ async fn authorization(conn: &mut PgConnection, a: &Authorization) -> Result<(),
         required(field, value)?;
     }
     // Addresses and nonces are hex: compare them case-insensitively. One
-    // statement books the authorization, its settlement row and first event,
-    // and the pending transfer (payer -> revenue); the committer has made
-    // sure both accounts exist (see `accounts_for`).
+    // statement claims the key and books the authorization, its settlement
+    // row and first event, and the pending transfer (payer -> revenue); the
+    // committer has made sure both accounts exist (see `accounts_for`).
     let [(payer, ..), (revenue, ..)] = accounts_for(a);
-    sqlx::query(
-        "WITH auth AS (
+    let fresh: i64 = sqlx::query_scalar(
+        "WITH idem AS (
+             INSERT INTO idempotency_keys (key, payload) VALUES ($15, $16)
+             ON CONFLICT (key) DO NOTHING RETURNING key),
+         auth AS (
              INSERT INTO authorizations (request_id, network, asset, payer, pay_to, amount,
                  valid_after, valid_before, nonce, signature, scheme, x402_version)
-             VALUES ($1, $2, lower($3), lower($4), lower($5), $6::numeric,
-                 $7::numeric, $8::numeric, lower($9), $10, $11, $12)
+             SELECT $1, $2, lower($3), lower($4), lower($5), $6::numeric,
+                 $7::numeric, $8::numeric, lower($9), $10, $11, $12
+             WHERE EXISTS (SELECT 1 FROM idem)
              RETURNING request_id, amount),
          settlement AS (
              INSERT INTO settlements (request_id, status) SELECT request_id, 'authorized' FROM auth),
          event AS (
-             INSERT INTO settlement_events (request_id, status) SELECT request_id, 'authorized' FROM auth)
-         INSERT INTO transfers (transfer_key, kind, debit_account, credit_account, amount, request_id)
-         SELECT 'auth:' || auth.request_id, 'pending',
-             (SELECT id FROM accounts WHERE code = $13),
-             (SELECT id FROM accounts WHERE code = $14),
-             auth.amount, auth.request_id
-         FROM auth WHERE auth.amount > 0",
+             INSERT INTO settlement_events (request_id, status) SELECT request_id, 'authorized' FROM auth),
+         pending AS (
+             INSERT INTO transfers (transfer_key, kind, debit_account, credit_account, amount, request_id)
+             SELECT 'auth:' || auth.request_id, 'pending',
+                 (SELECT id FROM accounts WHERE code = $13),
+                 (SELECT id FROM accounts WHERE code = $14),
+                 auth.amount, auth.request_id
+             FROM auth WHERE auth.amount > 0)
+         SELECT count(*) FROM auth",
     )
     .bind(&a.request_id)
     .bind(&a.network)
@@ -135,9 +151,11 @@ async fn authorization(conn: &mut PgConnection, a: &Authorization) -> Result<(),
     .bind(a.x402_version as i32)
     .bind(payer)
     .bind(revenue)
-    .execute(&mut *conn)
+    .bind(key.key)
+    .bind(key.payload)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(())
+    Ok(fresh == 1)
 }
 
 /// The book accounts an authorization moves money between: (code, kind, ledger)
@@ -179,14 +197,18 @@ pub async fn ensure_accounts(
     Ok(())
 }
 
-async fn usage(conn: &mut PgConnection, u: &Usage) -> Result<(), Refusal> {
+async fn usage(conn: &mut PgConnection, key: &Key<'_>, u: &Usage) -> Result<bool, Refusal> {
     required("request_id", &u.request_id)?;
     required("model", &u.model)?;
     let tokens = u.tokens.unwrap_or_default();
-    sqlx::query(
-        "INSERT INTO usage_records (request_id, model, prompt_tokens, completion_tokens,
+    let inserted = sqlx::query(
+        "WITH idem AS (
+             INSERT INTO idempotency_keys (key, payload) VALUES ($9, $10)
+             ON CONFLICT (key) DO NOTHING RETURNING key)
+         INSERT INTO usage_records (request_id, model, prompt_tokens, completion_tokens,
              quoted, charged, engine, finish_reason)
-         VALUES ($1, $2, $3, $4, $5::numeric, $6::numeric, $7, $8)",
+         SELECT $1, $2, $3, $4, $5::numeric, $6::numeric, $7, $8
+         WHERE EXISTS (SELECT 1 FROM idem)",
     )
     .bind(&u.request_id)
     .bind(&u.model)
@@ -196,85 +218,94 @@ async fn usage(conn: &mut PgConnection, u: &Usage) -> Result<(), Refusal> {
     .bind(amount_text(u.charged))
     .bind(&u.engine)
     .bind(&u.finish_reason)
+    .bind(key.key)
+    .bind(key.payload)
     .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
-async fn settlement(conn: &mut PgConnection, s: &SettlementUpdate) -> Result<(), Refusal> {
+/// One statement: claim the key, lock the settlement, move it forward if the
+/// state machine allows (authorized -> settling -> a final state; settling ->
+/// settling is a retry), record the event, and on a final state resolve the
+/// pending transfer (settled posts it; failed, expired, voided void it; the
+/// unique index on `pending_id` makes a second resolution impossible).
+async fn settlement(
+    conn: &mut PgConnection,
+    key: &Key<'_>,
+    s: &SettlementUpdate,
+) -> Result<bool, Refusal> {
     required("request_id", &s.request_id)?;
     let to = SettlementStatus::try_from(s.status).unwrap_or(SettlementStatus::Unspecified);
     let label = status_label(to).ok_or_else(|| Refusal::Rejected("status is required".into()))?;
-    let current = sqlx::query(
-        "SELECT status::text AS status FROM settlements WHERE request_id = $1 FOR UPDATE",
-    )
-    .bind(&s.request_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| Refusal::Rejected(format!("no authorization for request `{}`", s.request_id)))?;
-    let from = parse_status(current.get::<&str, _>("status"));
-    if !may_advance(from, to) {
-        return Err(Refusal::Conflict(format!(
-            "settlement of `{}` cannot move from {} to {label}",
-            s.request_id,
-            status_label(from).unwrap_or("unknown")
-        )));
-    }
+    let (prefix, kind) = match to {
+        SettlementStatus::Settled => (Some("settle:"), Some("post_pending")),
+        SettlementStatus::Failed | SettlementStatus::Expired | SettlementStatus::Voided => {
+            (Some("void:"), Some("void_pending"))
+        }
+        _ => (None, None),
+    };
     let tx_hash = (!s.tx_hash.is_empty()).then_some(s.tx_hash.as_str());
     let block = (s.block_number > 0).then_some(s.block_number as i64);
     let error = (!s.error.is_empty()).then_some(s.error.as_str());
-    sqlx::query(
-        "UPDATE settlements SET status = $2::settlement_status,
-             tx_hash = coalesce($3, tx_hash), block_number = coalesce($4, block_number),
-             attempts = attempts + CASE WHEN $2 = 'settling' THEN 1 ELSE 0 END,
-             last_error = $5, updated_at = now()
-         WHERE request_id = $1",
+    let row = sqlx::query(
+        "WITH idem AS (
+             INSERT INTO idempotency_keys (key, payload) VALUES ($8, $9)
+             ON CONFLICT (key) DO NOTHING RETURNING key),
+         cur AS (
+             SELECT request_id, status FROM settlements
+             WHERE request_id = $1 AND EXISTS (SELECT 1 FROM idem) FOR UPDATE),
+         moved AS (
+             UPDATE settlements s SET status = $2::settlement_status,
+                 tx_hash = coalesce($3, s.tx_hash), block_number = coalesce($4, s.block_number),
+                 attempts = s.attempts + CASE WHEN $2 = 'settling' THEN 1 ELSE 0 END,
+                 last_error = $5, updated_at = now(),
+                 lease_owner = CASE WHEN $2 = 'settling' THEN s.lease_owner END,
+                 lease_until = CASE WHEN $2 = 'settling' THEN s.lease_until END
+             FROM cur
+             WHERE s.request_id = cur.request_id
+               AND (CASE cur.status WHEN 'authorized' THEN 1 WHEN 'settling' THEN 2 ELSE 3 END) < 3
+               AND ((CASE $2 WHEN 'authorized' THEN 1 WHEN 'settling' THEN 2 ELSE 3 END)
+                      > (CASE cur.status WHEN 'authorized' THEN 1 WHEN 'settling' THEN 2 ELSE 3 END)
+                    OR (cur.status = 'settling' AND $2 = 'settling'))
+             RETURNING s.request_id),
+         event AS (
+             INSERT INTO settlement_events (request_id, status, tx_hash, block_number, error)
+             SELECT request_id, $2::settlement_status, $3, $4, $5 FROM moved),
+         resolved AS (
+             INSERT INTO transfers (transfer_key, kind, debit_account, credit_account, amount, pending_id, request_id)
+             SELECT $6 || t.request_id, $7::transfer_kind, t.debit_account, t.credit_account, t.amount, t.id, t.request_id
+             FROM transfers t JOIN moved m ON t.transfer_key = 'auth:' || m.request_id
+             WHERE $7 IS NOT NULL)
+         SELECT (SELECT count(*) FROM idem) AS fresh,
+                (SELECT status::text FROM cur) AS was,
+                (SELECT count(*) FROM moved) AS moved",
     )
     .bind(&s.request_id)
     .bind(label)
     .bind(tx_hash)
     .bind(block)
     .bind(error)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO settlement_events (request_id, status, tx_hash, block_number, error)
-         VALUES ($1, $2::settlement_status, $3, $4, $5)",
-    )
-    .bind(&s.request_id)
-    .bind(label)
-    .bind(tx_hash)
-    .bind(block)
-    .bind(error)
-    .execute(&mut *conn)
-    .await?;
-    resolve_pending(conn, &s.request_id, to).await
-}
-
-/// A final settlement state resolves the authorization's pending transfer:
-/// settled posts it, failed / expired / voided voids it. The unique index on
-/// `pending_id` makes a second resolution impossible.
-async fn resolve_pending(
-    conn: &mut PgConnection,
-    request_id: &str,
-    to: SettlementStatus,
-) -> Result<(), Refusal> {
-    let (prefix, kind) = match to {
-        SettlementStatus::Settled => ("settle:", "post_pending"),
-        SettlementStatus::Failed | SettlementStatus::Expired | SettlementStatus::Voided => {
-            ("void:", "void_pending")
-        }
-        _ => return Ok(()),
-    };
-    sqlx::query(
-        "INSERT INTO transfers (transfer_key, kind, debit_account, credit_account, amount, pending_id, request_id)
-         SELECT $2 || request_id, $3::transfer_kind, debit_account, credit_account, amount, id, request_id
-         FROM transfers WHERE transfer_key = 'auth:' || $1",
-    )
-    .bind(request_id)
     .bind(prefix)
     .bind(kind)
-    .execute(&mut *conn)
+    .bind(key.key)
+    .bind(key.payload)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(())
+    if row.get::<i64, _>("fresh") == 0 {
+        return Ok(false);
+    }
+    match row.get::<Option<&str>, _>("was") {
+        None => Err(Refusal::Rejected(format!(
+            "no authorization for request `{}`",
+            s.request_id
+        ))),
+        Some(_) if row.get::<i64, _>("moved") == 1 => Ok(true),
+        Some(was) => Err(Refusal::Conflict(format!(
+            "settlement of `{}` cannot move from {} to {label}",
+            s.request_id,
+            status_label(parse_status(was)).unwrap_or("unknown")
+        ))),
+    }
 }
