@@ -35,7 +35,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     threads: u32,
     /// Repetitions per measurement (medians are reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     runs: usize,
 }
 
@@ -128,26 +128,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let registry = Registry::from_config(&config)?;
 
-    let (engine_pp, engine_tg, engine_ttft, prompt_tokens) = runtime.block_on(async {
-        engine_run(&registry, 8).await?; // warm-up
-        let mut pp = Vec::new();
-        let mut tg = Vec::new();
-        let mut ttft = Vec::new();
-        let mut prompt_tokens = 0;
-        for _ in 0..args.runs {
-            let run = engine_run(&registry, DECODE_TOKENS).await?;
-            prompt_tokens = run.prompt_tokens;
-            pp.push(f64::from(run.prompt_tokens) / run.ttft.as_secs_f64());
-            tg.push(f64::from(run.completion_tokens.saturating_sub(1)) / run.decode.as_secs_f64());
-            ttft.push(run.ttft.as_secs_f64() * 1000.0);
-        }
-        anyhow::Ok((median(pp), median(tg), median(ttft), prompt_tokens))
-    })?;
-
+    let raw = RawLlama::load(&model, args.threads, &rendered_prompt(&long_prompt()))?;
+    // Engine and direct runs alternate, so drift on a noisy machine hits both.
+    let (mut pp, mut tg, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_pp, mut raw_tg) = (Vec::new(), Vec::new());
+    let mut prompt_tokens = 0;
+    runtime.block_on(engine_run(&registry, 8))?; // warm-up
+    raw.run()?;
+    for _ in 0..args.runs {
+        let run = runtime.block_on(engine_run(&registry, DECODE_TOKENS))?;
+        prompt_tokens = run.prompt_tokens;
+        pp.push(f64::from(run.prompt_tokens) / run.ttft.as_secs_f64());
+        tg.push(f64::from(run.completion_tokens.saturating_sub(1)) / run.decode.as_secs_f64());
+        ttft.push(run.ttft.as_secs_f64() * 1000.0);
+        let (p, t) = raw.run()?;
+        raw_pp.push(p);
+        raw_tg.push(t);
+    }
+    let (engine_pp, engine_tg, engine_ttft) = (median(pp), median(tg), median(ttft));
+    let llama = Some((median(raw_pp), median(raw_tg)));
     let edge_ttft = runtime.block_on(edge_ttft(registry.clone(), args.runs))?;
-
-    let prompt = rendered_prompt(&long_prompt());
-    let llama = Some(raw_llama_cpp(&model, args.threads, &prompt, args.runs)?);
 
     println!(
         "\n## Local engine, SmolLM2-135M-Instruct Q4_1, {} threads\n",
@@ -234,35 +234,44 @@ async fn edge_ttft(registry: Registry, runs: usize) -> anyhow::Result<f64> {
 
 /// llama.cpp driven directly through llama-cpp-2, the way its `simple`
 /// example does (same vendored build, same threads): one synchronous loop, no
-/// threads, channels or gRPC. Returns (prompt, decode) tokens/s, medians.
-fn raw_llama_cpp(
-    model: &Path,
+/// threads, channels or gRPC.
+struct RawLlama {
+    model: llama_cpp_2::model::LlamaModel,
+    tokens: Vec<llama_cpp_2::token::LlamaToken>,
     threads: u32,
-    prompt: &str,
-    runs: usize,
-) -> anyhow::Result<(f64, f64)> {
-    use llama_cpp_2::context::params::LlamaContextParams;
-    use llama_cpp_2::llama_batch::LlamaBatch;
-    use llama_cpp_2::model::LlamaModel;
-    use llama_cpp_2::model::params::LlamaModelParams;
-    use llama_cpp_2::sampling::LlamaSampler;
+}
 
-    let backend = rungate_inference::local::backend()?;
-    let model = LlamaModel::load_from_file(backend, model, &LlamaModelParams::default())?;
-    let tokens = model.vocab().tokenize(prompt.as_bytes(), false, true);
-    let n_prompt = tokens.len() as u32;
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
-    for run in 0..=runs {
+impl RawLlama {
+    fn load(model: &Path, threads: u32, prompt: &str) -> anyhow::Result<Self> {
+        use llama_cpp_2::model::LlamaModel;
+        use llama_cpp_2::model::params::LlamaModelParams;
+        let backend = rungate_inference::local::backend()?;
+        let model = LlamaModel::load_from_file(backend, model, &LlamaModelParams::default())?;
+        let tokens = model.vocab().tokenize(prompt.as_bytes(), false, true);
+        Ok(Self {
+            model,
+            tokens,
+            threads,
+        })
+    }
+
+    /// One run: (prompt, decode) tokens/s.
+    fn run(&self) -> anyhow::Result<(f64, f64)> {
+        use llama_cpp_2::context::params::LlamaContextParams;
+        use llama_cpp_2::llama_batch::LlamaBatch;
+        use llama_cpp_2::sampling::LlamaSampler;
+        let backend = rungate_inference::local::backend()?;
+        let n_prompt = self.tokens.len() as u32;
         let params = LlamaContextParams::default()
             .with_n_ctx(std::num::NonZeroU32::new(n_prompt + DECODE_TOKENS + 8))
             .with_n_batch(n_prompt)
             .with_n_ubatch(n_prompt.min(512))
-            .with_n_threads(threads as i32)
-            .with_n_threads_batch(threads as i32);
-        let mut context = model.new_context(backend, params)?;
+            .with_n_threads(self.threads as i32)
+            .with_n_threads_batch(self.threads as i32);
+        let mut context = self.model.new_context(backend, params)?;
         let mut batch = LlamaBatch::new(n_prompt as usize, 1);
-        for (i, token) in tokens.iter().enumerate() {
-            batch.add(*token, i as i32, &[0], i + 1 == tokens.len())?;
+        for (i, token) in self.tokens.iter().enumerate() {
+            batch.add(*token, i as i32, &[0], i + 1 == self.tokens.len())?;
         }
         let start = Instant::now();
         context.decode(&mut batch)?;
@@ -275,10 +284,9 @@ fn raw_llama_cpp(
             batch.add(token, (n_prompt + step) as i32, &[0], true)?;
             context.decode(&mut batch)?;
         }
-        if run > 0 {
-            pp.push(f64::from(n_prompt) / prompt_time.as_secs_f64());
-            tg.push(f64::from(DECODE_TOKENS) / start.elapsed().as_secs_f64());
-        }
+        Ok((
+            f64::from(n_prompt) / prompt_time.as_secs_f64(),
+            f64::from(DECODE_TOKENS) / start.elapsed().as_secs_f64(),
+        ))
     }
-    Ok((median(pp), median(tg)))
 }

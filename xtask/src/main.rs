@@ -51,8 +51,22 @@ pub fn cargo() -> std::process::Command {
     command
 }
 
+/// Benchmarks measure optimised code: a debug xtask re-runs itself built
+/// with `--release` (same arguments) and exits with its status.
+fn in_release() -> anyhow::Result<()> {
+    let status = cargo()
+        .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+        .args(std::env::args_os().skip(1))
+        .status()?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().task {
+    let cli = Cli::parse();
+    if cfg!(debug_assertions) && matches!(cli.task, Task::Bench(_) | Task::BenchLedger(_)) {
+        return in_release();
+    }
+    match cli.task {
         Task::Dev(args) => dev::run(args),
         Task::Test(args) => test::run(args),
         Task::Bench(args) => bench::run(args),
