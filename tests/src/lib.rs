@@ -7,5 +7,6 @@ pub mod cluster;
 pub mod fake_upstream;
 pub mod fixtures;
 pub mod postgres;
+pub mod records;
 
 pub use cluster::{TestCluster, cluster};

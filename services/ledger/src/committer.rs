@@ -142,6 +142,15 @@ async fn prepare_accounts(
     Ok(())
 }
 
+/// Exponential, with jitter so two deadlocked lanes do not meet again.
+fn backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut jitter = std::collections::hash_map::RandomState::new().build_hasher();
+    jitter.write_u32(attempt);
+    let base = 2u64 << attempt.min(8);
+    std::time::Duration::from_millis(base + jitter.finish() % base)
+}
+
 fn retryable(error: &sqlx::Error) -> bool {
     // deadlock_detected, serialization_failure
     matches!(
@@ -216,7 +225,7 @@ async fn attempt_batch(
 /// Deadlocks between lanes (two batches waiting on each other's unique keys,
 /// e.g. a replayed nonce) abort one transaction; nothing in it was acked, so
 /// the batch is simply run again.
-const ATTEMPTS: usize = 4;
+const ATTEMPTS: u32 = 6;
 
 async fn commit(
     pool: &PgPool,
@@ -232,7 +241,7 @@ async fn commit(
             Err(Stop::Refused) => careful = true,
             Err(Stop::Database(error)) if attempt < ATTEMPTS && retryable(&error) => {
                 tracing::debug!(%error, attempt, "ledger batch retried");
-                tokio::time::sleep(std::time::Duration::from_millis(2 << attempt)).await;
+                tokio::time::sleep(backoff(attempt)).await;
             }
             Err(Stop::Database(error)) => break Err(error),
         }

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 use rungate_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
 use rungate_proto::ledger::v1::{
-    Authorization, Balance, LedgerWrite, ListBalancesRequest, SettlementStatus, SettlementUpdate,
-    WriteOutcome, ledger_write::Record,
+    Balance, LedgerWrite, ListBalancesRequest, SettlementStatus, SettlementUpdate, WriteOutcome,
+    ledger_write::Record,
 };
-use rungate_tests::cluster;
+use rungate_tests::{cluster, records};
 use tonic::transport::Channel;
 
 async fn ledger() -> LedgerServiceClient<Channel> {
@@ -27,23 +27,8 @@ fn authorization(
     nonce: &str,
     amount: u128,
 ) -> LedgerWrite {
-    LedgerWrite {
-        idempotency_key: format!("auth-{request_id}"),
-        record: Some(Record::Authorization(Authorization {
-            request_id: request_id.into(),
-            network: network.into(),
-            asset: "0xAsset".into(),
-            payer: payer.into(),
-            pay_to: "0xpayto".into(),
-            amount: Some(amount.into()),
-            valid_after: 0,
-            valid_before: 4_000_000_000,
-            nonce: nonce.into(),
-            signature: "0xsig".into(),
-            scheme: "exact".into(),
-            x402_version: 2,
-        })),
-    }
+    let record = records::authorization(network, request_id, payer, nonce, amount);
+    records::write(format!("auth-{request_id}"), Record::Authorization(record))
 }
 
 fn settlement(request_id: &str, status: SettlementStatus, step: usize) -> LedgerWrite {
@@ -88,14 +73,20 @@ async fn balances(prefix: &str) -> HashMap<String, [u128; 4]> {
         .collect()
 }
 
+/// Writes as a client should: UNAVAILABLE means "not recorded, send it again
+/// with the same idempotency key" (lanes can deadlock on contended nonces).
 async fn outcome(write: LedgerWrite) -> WriteOutcome {
-    let ack = ledger()
-        .await
-        .write_one(write)
-        .await
-        .expect("write")
-        .into_inner();
-    WriteOutcome::try_from(ack.outcome).expect("outcome")
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match ledger().await.write_one(write.clone()).await {
+            Ok(ack) => return WriteOutcome::try_from(ack.into_inner().outcome).expect("outcome"),
+            Err(status) if status.code() == tonic::Code::Unavailable && tries < 10 => {
+                tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
+            }
+            Err(status) => panic!("write failed: {status}"),
+        }
+    }
 }
 
 #[tokio::test]

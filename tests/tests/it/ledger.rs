@@ -7,7 +7,7 @@ use rungate_proto::ledger::v1::{
     SettlementStatus, SettlementUpdate, Usage, WriteBatch, WriteOutcome, ledger_write::Record,
 };
 use rungate_proto::types::v1::TokenUsage;
-use rungate_tests::cluster;
+use rungate_tests::{cluster, records};
 use tonic::transport::Channel;
 
 async fn ledger() -> LedgerServiceClient<Channel> {
@@ -22,26 +22,19 @@ fn unique(prefix: &str) -> String {
 
 fn authorization(request_id: &str, payer: &str, nonce: &str) -> Authorization {
     Authorization {
-        request_id: request_id.into(),
-        network: "eip155:8453".into(),
         asset: "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913".into(),
-        payer: payer.into(),
-        pay_to: "0x00000000000000000000000000000000000000aa".into(),
-        amount: Some(1_000_000_000_000_000_000_000u128.into()),
-        valid_after: 0,
-        valid_before: 4_000_000_000,
-        nonce: nonce.into(),
-        signature: "0xsig".into(),
-        scheme: "exact".into(),
-        x402_version: 2,
+        ..records::authorization(
+            "eip155:8453",
+            request_id,
+            payer,
+            nonce,
+            1_000_000_000_000_000_000_000,
+        )
     }
 }
 
 fn write(key: &str, record: Record) -> LedgerWrite {
-    LedgerWrite {
-        idempotency_key: key.into(),
-        record: Some(record),
-    }
+    records::write(key, record)
 }
 
 fn outcome(ack: &rungate_proto::ledger::v1::WriteAck) -> WriteOutcome {

@@ -10,7 +10,7 @@ use rungate_proto::ledger::v1::{
     LedgerWrite, ListBalancesRequest, SettlementStatus, SettlementUpdate, WatchSettlementsRequest,
     WriteOutcome, ledger_write::Record,
 };
-use rungate_tests::cluster;
+use rungate_tests::{cluster, records};
 use tonic::transport::Channel;
 
 async fn ledger() -> LedgerServiceClient<Channel> {
@@ -32,23 +32,19 @@ fn now() -> u64 {
 async fn authorize(network: &str, request_id: &str, valid_before: u64) {
     let ack = ledger()
         .await
-        .write_one(LedgerWrite {
-            idempotency_key: format!("auth-{request_id}"),
-            record: Some(Record::Authorization(Authorization {
-                request_id: request_id.into(),
-                network: network.into(),
-                asset: "0xasset".into(),
-                payer: "0xpayer".into(),
-                pay_to: "0xpayto".into(),
-                amount: Some(5u128.into()),
-                valid_after: 0,
+        .write_one(records::write(
+            format!("auth-{request_id}"),
+            Record::Authorization(Authorization {
                 valid_before,
-                nonce: format!("0x{request_id}"),
-                signature: "0xsig".into(),
-                scheme: "exact".into(),
-                x402_version: 2,
-            })),
-        })
+                ..records::authorization(
+                    network,
+                    request_id,
+                    "0xpayer",
+                    &format!("0x{request_id}"),
+                    5,
+                )
+            }),
+        ))
         .await
         .expect("write")
         .into_inner();
