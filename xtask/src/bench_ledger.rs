@@ -26,6 +26,9 @@ pub struct LedgerBenchArgs {
     /// Batches each stream keeps in flight.
     #[arg(long, default_value_t = 8)]
     in_flight: usize,
+    /// The ledger's commit lanes (its --commit-lanes).
+    #[arg(long, default_value_t = 8)]
+    lanes: usize,
 }
 
 fn call(id: &str) -> [LedgerWrite; 3] {
@@ -87,9 +90,13 @@ pub fn run(args: LedgerBenchArgs) -> anyhow::Result<()> {
     let rows = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
+        let config = rungate_ledger::Config {
+            commit_lanes: args.lanes,
+            ..rungate_ledger::Config::new(&postgres.url)
+        };
         tokio::spawn(rungate_ledger::serve(
             listener,
-            rungate_ledger::Config::new(&postgres.url),
+            config,
             std::future::pending(),
         ));
         rungate_tests::cluster::wait_serving(&url).await?;
@@ -100,8 +107,8 @@ pub fn run(args: LedgerBenchArgs) -> anyhow::Result<()> {
         anyhow::Ok(rows)
     })?;
     println!(
-        "\n## Ledger write stream, {} streams × {} batches in flight, fsync on\n",
-        args.streams, args.in_flight
+        "\n## Ledger write stream, {} streams × {} batches in flight, {} lanes, fsync on\n",
+        args.streams, args.in_flight, args.lanes
     );
     println!("| batch size | records/s | ack p50 | ack p99 |");
     println!("|---|---|---|---|");

@@ -9,7 +9,7 @@ pub struct Config {
     pub database_url: String,
 
     /// Pool size.
-    #[arg(long, env = "RUNGATE_LEDGER_MAX_CONNECTIONS", default_value_t = 8)]
+    #[arg(long, env = "RUNGATE_LEDGER_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: u32,
 
     /// Most writes committed in one transaction (group commit).
@@ -17,7 +17,7 @@ pub struct Config {
     pub max_batch: usize,
 
     /// Transactions committing in parallel (each a pool connection).
-    #[arg(long, env = "RUNGATE_LEDGER_COMMIT_LANES", default_value_t = 4)]
+    #[arg(long, env = "RUNGATE_LEDGER_COMMIT_LANES", default_value_t = 8)]
     pub commit_lanes: usize,
 
     /// How often authorizations past validBefore are expired and voided.
@@ -39,9 +39,9 @@ impl Config {
     pub fn new(database_url: impl Into<String>) -> Self {
         Self {
             database_url: database_url.into(),
-            max_connections: 8,
+            max_connections: 16,
             max_batch: 512,
-            commit_lanes: 4,
+            commit_lanes: 8,
             expiry_interval: Duration::from_secs(30),
             migrate: true,
             drain_timeout: Duration::from_secs(10),

@@ -11,8 +11,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 pub async fn connect(config: &Config) -> Result<PgPool, LedgerError> {
     let options =
         PgConnectOptions::from_str(&config.database_url)?.application_name("rungate-ledger");
+    // Each commit lane holds a connection for its transaction; reads, account
+    // creation and the settlement listener need a few more.
+    let connections = config.max_connections.max(config.commit_lanes as u32 + 4);
     Ok(PgPoolOptions::new()
-        .max_connections(config.max_connections)
+        .max_connections(connections)
         .acquire_timeout(std::time::Duration::from_secs(5))
         .connect_with(options)
         .await?)
