@@ -42,9 +42,10 @@ def edge_url():
     if os.environ.get("RUNGATE_EDGE_URL"):
         yield os.environ["RUNGATE_EDGE_URL"]
         return
-    port = free_port()
+    port, chain_port = free_port(), free_port()
+    os.environ["RUNGATE_TEST_CHAIN_URL"] = f"http://127.0.0.1:{chain_port}"
     process = subprocess.Popen(
-        ["cargo", "xtask", "dev", "--port", str(port)],
+        ["cargo", "xtask", "dev", "--port", str(port), "--chain-port", str(chain_port)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -68,6 +69,12 @@ def edge_url():
             os.killpg(process.pid, signal.SIGKILL)
             raise
     assert code == 0, "".join(log[-50:])
+
+
+@pytest.fixture(scope="session")
+def chain_url(edge_url):
+    """JSON-RPC URL of the cluster's dev chain (anvil, chain id 8453)."""
+    return os.environ.get("RUNGATE_CHAIN_URL") or os.environ["RUNGATE_TEST_CHAIN_URL"]
 
 
 @pytest.fixture(scope="session")

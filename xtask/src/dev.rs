@@ -21,6 +21,9 @@ pub struct DevArgs {
     /// Price table used by billing.
     #[arg(long, default_value = "config/prices.toml")]
     prices_file: PathBuf,
+    /// Port of the dev chain's JSON-RPC (anvil); 0 picks a free one.
+    #[arg(long, env = "RUNGATE_CHAIN_PORT", default_value_t = 8545)]
+    chain_port: u16,
     /// Start, check every service, then stop as Ctrl-C would, failing on any
     /// unclean exit (what `cargo xtask test` runs).
     #[arg(long)]
@@ -33,6 +36,7 @@ impl DevArgs {
             port: 0,
             models_file: "config/models.toml".into(),
             prices_file: "config/prices.toml".into(),
+            chain_port: 0,
             smoke: true,
         }
     }
@@ -150,14 +154,25 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let edge = url(edge_port);
+    let chain_port = if args.chain_port == 0 {
+        free_port()?
+    } else {
+        args.chain_port
+    };
+    let mut chain = None;
     let outcome = started.and_then(|()| {
         runtime.block_on(async {
+            eprintln!("starting the dev chain…");
+            let dev_chain = crate::chain::start(&root, chain_port).await?;
+            let (rpc_url, token) = (dev_chain.rpc_url.clone(), dev_chain.token.clone());
+            chain = Some(dev_chain);
             for port in [ledger_port, billing_port, inference_port] {
                 wait_healthy(&url(port), &mut services).await?;
             }
             wait_http(&format!("{edge}/healthz"), &mut services).await?;
             let models = first_model(&edge).await?;
             banner(&edge, &postgres.url, models.as_deref(), [ledger_port, billing_port, inference_port]);
+            chain_banner(&rpc_url, &token);
             if args.smoke {
                 return Ok(());
             }
@@ -170,6 +185,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     });
 
     let clean = stop_all(&mut services);
+    if let Some(mut chain) = chain {
+        let _ = chain.anvil.kill();
+        let _ = chain.anvil.wait();
+    }
     postgres.stop();
     eprintln!("stopped: no service or Postgres left running");
     outcome?;
@@ -216,6 +235,18 @@ async fn first_model(edge: &str) -> anyhow::Result<Option<String>> {
         bail!("GET /v1/models answered {list}");
     }
     Ok(list["data"][0]["id"].as_str().map(str::to_owned))
+}
+
+fn chain_banner(rpc_url: &str, token: &str) {
+    use crate::chain::{CHAIN_ID, PAYER, PAYER_KEY};
+    eprintln!(
+        r#"Dev chain (anvil, chain id {CHAIN_ID}, a local stand-in for Base):
+  JSON-RPC             {rpc_url}
+  USDC (EIP-3009)      {token}   name "USD Coin", version "2", 6 decimals
+  demo payer           {PAYER}   1,000 USDC
+  demo payer key       {PAYER_KEY}   (anvil's well-known dev key; never use it on a real chain)
+"#
+    );
 }
 
 fn banner(edge: &str, database: &str, model: Option<&str>, [ledger, billing, inference]: [u16; 3]) {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_ledger;
+mod chain;
 mod dev;
 mod test;
 

@@ -1,0 +1,142 @@
+//! The dev chain for `cargo xtask dev`: anvil (npm @foundry-rs/anvil-linux-amd64)
+//! as Base (chain id 8453), the EIP-3009 test token (contracts/UsdCoin.sol,
+//! prebuilt in contracts/build) deployed from anvil's first account, and a
+//! demo payer (anvil's second account) funded with 1,000 USDC.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// anvil's well-known dev accounts (from its default mnemonic): never use on a real chain.
+pub const DEPLOYER: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+pub const PAYER: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+pub const PAYER_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+pub const CHAIN_ID: u64 = 8453;
+/// 1,000 USDC in atomic units (6 decimals).
+const FUNDING: u128 = 1_000_000_000;
+
+pub struct DevChain {
+    pub rpc_url: String,
+    pub token: String,
+    pub anvil: Child,
+}
+
+fn anvil_binary(root: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let bin = root.join("contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let installed = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+        .arg(root.join("contracts"))
+        .stdout(Stdio::null())
+        .status()
+        .context("running npm (Node.js is needed for the dev chain)")?;
+    if !installed.success() || !bin.is_file() {
+        bail!("npm could not install anvil into contracts/node_modules");
+    }
+    Ok(bin)
+}
+
+async fn rpc(
+    client: &reqwest::Client,
+    url: &str,
+    method: &str,
+    params: Value,
+) -> anyhow::Result<Value> {
+    let reply: Value = client
+        .post(url)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    if let Some(error) = reply.get("error") {
+        bail!("{method}: {error}");
+    }
+    Ok(reply["result"].clone())
+}
+
+/// Sends a transaction from an unlocked anvil account and waits for its receipt.
+async fn transact(client: &reqwest::Client, url: &str, tx: Value) -> anyhow::Result<Value> {
+    let hash = rpc(client, url, "eth_sendTransaction", json!([tx])).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let receipt = rpc(client, url, "eth_getTransactionReceipt", json!([hash])).await?;
+        if !receipt.is_null() {
+            if receipt["status"] != "0x1" {
+                bail!("transaction {hash} reverted");
+            }
+            return Ok(receipt);
+        }
+        if Instant::now() > deadline {
+            bail!("no receipt for {hash}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn start(root: &Path, port: u16) -> anyhow::Result<DevChain> {
+    let mut command = Command::new(anvil_binary(root)?);
+    command
+        .args([
+            "--chain-id",
+            &CHAIN_ID.to_string(),
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--host", "127.0.0.1", "--silent"])
+        .stdout(Stdio::null());
+    rungate_tests::postgres::die_with_parent(&mut command);
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    let anvil = command.spawn().context("starting anvil")?;
+    let rpc_url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rpc(&client, &rpc_url, "eth_chainId", json!([]))
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("anvil did not answer on {rpc_url}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let artifact: Value = serde_json::from_str(&std::fs::read_to_string(
+        root.join("contracts/build/UsdCoin.json"),
+    )?)?;
+    let bytecode = artifact["bytecode"].as_str().context("bytecode")?;
+    let deployed = transact(
+        &client,
+        &rpc_url,
+        json!({"from": DEPLOYER, "data": bytecode}),
+    )
+    .await?;
+    let token = deployed["contractAddress"]
+        .as_str()
+        .context("contract address")?
+        .to_owned();
+    // mint(address,uint256)
+    let mint = format!(
+        "0x40c10f19{:0>64}{:064x}",
+        PAYER.trim_start_matches("0x").to_ascii_lowercase(),
+        FUNDING
+    );
+    transact(
+        &client,
+        &rpc_url,
+        json!({"from": DEPLOYER, "to": token, "data": mint}),
+    )
+    .await?;
+    Ok(DevChain {
+        rpc_url,
+        token,
+        anvil,
+    })
+}
