@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod pricing;
 mod service;
+pub mod x402;
 
 use std::future::Future;
 

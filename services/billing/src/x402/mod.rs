@@ -1,0 +1,3 @@
+//! x402 payments, scheme `exact` on EVM (EIP-3009 transferWithAuthorization).
+
+pub mod exact_evm;
