@@ -17,6 +17,14 @@ pub struct Config {
     #[arg(long, env = "RUNGATE_PRICES")]
     pub prices_toml: Option<String>,
 
+    /// TOML list of `[[networks]]` payments are accepted on; none means free mode.
+    #[arg(long, env = "RUNGATE_NETWORKS_FILE")]
+    pub networks_file: Option<PathBuf>,
+
+    /// The same list inline (wins over --networks-file).
+    #[arg(long, env = "RUNGATE_NETWORKS")]
+    pub networks_toml: Option<String>,
+
     /// How long in-flight calls may run after shutdown begins.
     #[arg(long, env = "RUNGATE_DRAIN_TIMEOUT", default_value = "10s",
           value_parser = rungate_common::args::parse_duration)]
@@ -28,6 +36,8 @@ impl Default for Config {
         Self {
             prices_file: None,
             prices_toml: None,
+            networks_file: None,
+            networks_toml: None,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -43,5 +53,16 @@ impl Config {
             (None, None) => String::new(),
         };
         PriceTable::from_toml(&text)
+    }
+
+    pub fn networks(&self) -> Result<Vec<crate::x402::networks::Network>, BillingError> {
+        let text = match (&self.networks_toml, &self.networks_file) {
+            (Some(inline), _) => inline.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+                BillingError::Config(format!("cannot read {}: {e}", path.display()))
+            })?,
+            (None, None) => String::new(),
+        };
+        Ok(crate::x402::networks::NetworksFile::from_toml(&text)?.networks)
     }
 }

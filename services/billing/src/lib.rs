@@ -22,8 +22,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let prices = config.price_table()?;
+    let networks = config.networks()?;
     tracing::info!(addr = %listener.local_addr()?, "billing serving");
-    let service = service::BillingApi::new(prices);
+    let service = service::BillingApi::new(prices, networks);
     let routes = tonic::service::Routes::new(BillingServiceServer::new(service));
     rungate_common::grpc::serve(
         listener,

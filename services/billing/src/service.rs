@@ -9,14 +9,16 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::BillingError;
 use crate::pricing::PriceTable;
+use crate::x402::networks::{Network, Offer};
 
 pub struct BillingApi {
     prices: PriceTable,
+    networks: Vec<Network>,
 }
 
 impl BillingApi {
-    pub fn new(prices: PriceTable) -> Self {
-        Self { prices }
+    pub fn new(prices: PriceTable, networks: Vec<Network>) -> Self {
+        Self { prices, networks }
     }
 }
 
@@ -37,11 +39,25 @@ impl BillingService for BillingApi {
             .prices
             .price(&request.model)
             .quote(request.prompt_tokens, request.max_tokens);
+        let description = format!("RunGate chat completion with {}", request.model);
+        let offer = Offer {
+            amount,
+            resource: &request.resource,
+            description: &description,
+        };
+        // One offer per configured network; none in free mode.
         Ok(Response::new(QuoteResponse {
             amount: Some(amount.into()),
-            // No payment networks are configured in free mode: nothing to offer.
-            requirements_v1_json: Vec::new(),
-            requirements_v2_json: Vec::new(),
+            requirements_v1_json: self
+                .networks
+                .iter()
+                .map(|n| n.requirement_v1(&offer).to_string())
+                .collect(),
+            requirements_v2_json: self
+                .networks
+                .iter()
+                .map(|n| n.requirement_v2(&offer).to_string())
+                .collect(),
         }))
     }
 

@@ -40,3 +40,64 @@ async fn a_quote_without_a_model_is_invalid() {
         .expect_err("no model");
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn with_payment_networks_a_quote_offers_x402_requirements_in_both_versions() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = rungate_billing::Config {
+        networks_toml: Some(
+            r#"[[networks]]
+network = "eip155:8453"
+v1_name = "base"
+chain_id = 8453
+rpc_url = "http://127.0.0.1:8545"
+asset = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+eip712_name = "USD Coin"
+eip712_version = "2"
+pay_to = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+"#
+            .into(),
+        ),
+        prices_toml: Some("[default]\nper_call = \"1\"\nper_completion_token = \"0.5\"".into()),
+        ..rungate_billing::Config::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(rungate_billing::serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+    rungate_tests::cluster::wait_serving(&url)
+        .await
+        .expect("serving");
+    let mut billing = BillingServiceClient::connect(url).await.expect("connect");
+    let quote = billing
+        .quote(QuoteRequest {
+            model: "m".into(),
+            prompt_tokens: 10,
+            max_tokens: 5,
+            resource: "http://127.0.0.1:8080/v1/chat/completions".into(),
+        })
+        .await
+        .expect("quote")
+        .into_inner();
+    // 1 + 5 × 0.5 = 3.5 → 4 (rounded up once).
+    assert_eq!(quote.amount.expect("amount").atomic(), 4);
+    let v1: serde_json::Value = serde_json::from_str(&quote.requirements_v1_json[0]).expect("v1");
+    assert_eq!(v1["scheme"], "exact");
+    assert_eq!(v1["network"], "base");
+    assert_eq!(v1["maxAmountRequired"], "4");
+    assert_eq!(v1["resource"], "http://127.0.0.1:8080/v1/chat/completions");
+    assert_eq!(v1["asset"], "0x5FbDB2315678afecb367f032d93F642f64180aa3");
+    assert_eq!(
+        v1["extra"],
+        serde_json::json!({"name": "USD Coin", "version": "2"})
+    );
+    let v2: serde_json::Value = serde_json::from_str(&quote.requirements_v2_json[0]).expect("v2");
+    assert_eq!(v2["network"], "eip155:8453");
+    assert_eq!(v2["amount"], "4");
+    assert_eq!(v2["payTo"], "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC");
+    stop.send(()).expect("running");
+    server.await.expect("join").expect("clean exit");
+}
