@@ -45,24 +45,20 @@ impl Default for Config {
 
 impl Config {
     pub fn price_table(&self) -> Result<PriceTable, BillingError> {
-        let text = match (&self.prices_toml, &self.prices_file) {
-            (Some(inline), _) => inline.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                BillingError::Config(format!("cannot read {}: {e}", path.display()))
-            })?,
-            (None, None) => String::new(),
-        };
+        let text = rungate_common::args::inline_or_file(
+            self.prices_toml.as_deref(),
+            self.prices_file.as_deref(),
+        )
+        .map_err(BillingError::Config)?;
         PriceTable::from_toml(&text)
     }
 
     pub fn networks(&self) -> Result<Vec<crate::x402::networks::Network>, BillingError> {
-        let text = match (&self.networks_toml, &self.networks_file) {
-            (Some(inline), _) => inline.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                BillingError::Config(format!("cannot read {}: {e}", path.display()))
-            })?,
-            (None, None) => String::new(),
-        };
+        let text = rungate_common::args::inline_or_file(
+            self.networks_toml.as_deref(),
+            self.networks_file.as_deref(),
+        )
+        .map_err(BillingError::Config)?;
         Ok(crate::x402::networks::NetworksFile::from_toml(&text)?.networks)
     }
 }

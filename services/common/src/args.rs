@@ -33,6 +33,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// The text of a setting given either inline (which wins) or as a file path;
+/// empty when neither is set.
+pub fn inline_or_file(
+    inline: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<String, String> {
+    match (inline, file) {
+        (Some(text), _) => Ok(text.to_owned()),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        (None, None) => Ok(String::new()),
+    }
+}
+
 /// A listen address flag's parser, for symmetry with clap's own.
 pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse()

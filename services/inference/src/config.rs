@@ -120,13 +120,11 @@ fn default_idle_ms() -> u64 {
 
 impl Config {
     pub fn registry_file(&self) -> Result<RegistryFile, crate::InferenceError> {
-        let text = match (&self.models_toml, &self.models_file) {
-            (Some(inline), _) => inline.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-                crate::InferenceError::Config(format!("cannot read {}: {e}", path.display()))
-            })?,
-            (None, None) => String::new(),
-        };
+        let text = rungate_common::args::inline_or_file(
+            self.models_toml.as_deref(),
+            self.models_file.as_deref(),
+        )
+        .map_err(crate::InferenceError::Config)?;
         toml::from_str(&text)
             .map_err(|e| crate::InferenceError::Config(format!("model registry: {e}")))
     }
