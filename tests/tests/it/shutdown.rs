@@ -58,14 +58,16 @@ fn request(words: usize) -> GenerateRequest {
     }
 }
 
-#[tokio::test]
-async fn in_flight_streams_finish_before_the_server_exits() {
-    let running = start_inference(Duration::from_secs(10)).await;
+/// A generation of `words` words, read up to its first event.
+async fn started_stream(
+    running: &Running,
+    words: usize,
+) -> tonic::Streaming<rungate_proto::inference::v1::GenerateEvent> {
     let mut client = InferenceServiceClient::connect(running.url.clone())
         .await
         .expect("connect");
     let mut events = client
-        .generate(request(3))
+        .generate(request(words))
         .await
         .expect("generate")
         .into_inner();
@@ -74,6 +76,13 @@ async fn in_flight_streams_finish_before_the_server_exits() {
         .await
         .expect("first event")
         .expect("started");
+    events
+}
+
+#[tokio::test]
+async fn in_flight_streams_finish_before_the_server_exits() {
+    let running = start_inference(Duration::from_secs(10)).await;
+    let mut events = started_stream(&running, 3).await;
 
     running.stop.send(()).expect("server still running");
     let mut finished = false;
@@ -91,20 +100,8 @@ async fn in_flight_streams_finish_before_the_server_exits() {
 #[tokio::test]
 async fn the_drain_deadline_bounds_shutdown() {
     let running = start_inference(Duration::from_millis(300)).await;
-    let mut client = InferenceServiceClient::connect(running.url.clone())
-        .await
-        .expect("connect");
     // ~40 chunks at 100 ms each: far longer than the drain deadline.
-    let mut events = client
-        .generate(request(40))
-        .await
-        .expect("generate")
-        .into_inner();
-    events
-        .message()
-        .await
-        .expect("first event")
-        .expect("started");
+    let mut events = started_stream(&running, 40).await;
 
     let began = Instant::now();
     running.stop.send(()).expect("server still running");
