@@ -15,6 +15,12 @@ pub const DEPLOYER: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
 pub const PAYER: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
 pub const PAYER_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
 pub const CHAIN_ID: u64 = 8453;
+/// Where payments go (anvil's third account).
+pub const PAY_TO: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
+/// Billing's settlement signer, which pays the gas (anvil's fourth account).
+pub const SETTLER_KEY: &str = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
+/// The token's address: the deployer's first contract on a fresh chain.
+pub const TOKEN: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
 /// 1,000 USDC in atomic units (6 decimals).
 const FUNDING: u128 = 1_000_000_000;
 
@@ -122,6 +128,9 @@ pub async fn start(root: &Path, port: u16) -> anyhow::Result<DevChain> {
         .as_str()
         .context("contract address")?
         .to_owned();
+    if !token.eq_ignore_ascii_case(TOKEN) {
+        bail!("the token deployed at {token}, not {TOKEN}: is the chain fresh?");
+    }
     // mint(address,uint256)
     let mint = format!(
         "0x40c10f19{:0>64}{:064x}",
@@ -139,4 +148,21 @@ pub async fn start(root: &Path, port: u16) -> anyhow::Result<DevChain> {
         token,
         anvil,
     })
+}
+
+/// Billing's payment network for the dev chain (TOML for RUNGATE_NETWORKS).
+pub fn networks_toml(rpc_url: &str) -> String {
+    format!(
+        r#"[[networks]]
+network = "eip155:{CHAIN_ID}"
+v1_name = "base"
+chain_id = {CHAIN_ID}
+rpc_url = "{rpc_url}"
+asset = "{TOKEN}"
+eip712_name = "USD Coin"
+eip712_version = "2"
+pay_to = "{PAY_TO}"
+max_timeout_seconds = 300
+"#
+    )
 }

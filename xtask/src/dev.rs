@@ -28,6 +28,12 @@ pub struct DevArgs {
     /// unclean exit (what `cargo xtask test` runs).
     #[arg(long)]
     smoke: bool,
+    /// When payments settle: deferred (default) or sync.
+    #[arg(long, env = "RUNGATE_SETTLEMENT", default_value = "deferred")]
+    settlement: String,
+    /// Serve without payments (no 402s).
+    #[arg(long)]
+    free: bool,
 }
 
 impl DevArgs {
@@ -38,6 +44,8 @@ impl DevArgs {
             prices_file: "config/prices.toml".into(),
             chain_port: 0,
             smoke: true,
+            settlement: "deferred".into(),
+            free: false,
         }
     }
 }
@@ -123,6 +131,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let common =
         |listen_var: &'static str, port: u16| vec![(listen_var, format!("127.0.0.1:{port}"))];
 
+    let chain_port = if args.chain_port == 0 {
+        free_port()?
+    } else {
+        args.chain_port
+    };
+    let chain_url = url(chain_port);
     let mut services = Vec::new();
     let started = (|| -> anyhow::Result<()> {
         let mut env = common("RUNGATE_LEDGER_LISTEN", ledger_port);
@@ -134,6 +148,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             "RUNGATE_PRICES_FILE",
             args.prices_file.display().to_string(),
         ));
+        env.push(("RUNGATE_LEDGER_URL", url(ledger_port)));
+        env.push(("RUNGATE_NETWORKS", crate::chain::networks_toml(&chain_url)));
+        env.push(("RUNGATE_SETTLEMENT_KEY", crate::chain::SETTLER_KEY.into()));
+        env.push(("RUNGATE_SETTLEMENT", args.settlement.clone()));
         services.push(spawn(&bin, "rungate-billing", &env)?);
 
         let mut env = common("RUNGATE_INFERENCE_LISTEN", inference_port);
@@ -146,6 +164,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         let mut env = common("RUNGATE_EDGE_LISTEN", edge_port);
         env.push(("RUNGATE_INFERENCE_URL", url(inference_port)));
         env.push(("RUNGATE_LEDGER_URL", url(ledger_port)));
+        env.push(("RUNGATE_BILLING_URL", url(billing_port)));
+        if args.free {
+            env.push(("RUNGATE_FREE_MODE", "true".into()));
+        }
         services.push(spawn(&bin, "rungate-edge", &env)?);
         Ok(())
     })();
@@ -154,11 +176,6 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let edge = url(edge_port);
-    let chain_port = if args.chain_port == 0 {
-        free_port()?
-    } else {
-        args.chain_port
-    };
     let mut chain = None;
     let outcome = started.and_then(|()| {
         runtime.block_on(async {
@@ -172,7 +189,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             wait_http(&format!("{edge}/healthz"), &mut services).await?;
             let models = first_model(&edge).await?;
             banner(&edge, &postgres.url, models.as_deref(), [ledger_port, billing_port, inference_port]);
-            chain_banner(&rpc_url, &token);
+            chain_banner(&rpc_url, &token, &edge, models.as_deref(), args.free);
             if args.smoke {
                 return Ok(());
             }
@@ -237,14 +254,42 @@ async fn first_model(edge: &str) -> anyhow::Result<Option<String>> {
     Ok(list["data"][0]["id"].as_str().map(str::to_owned))
 }
 
-fn chain_banner(rpc_url: &str, token: &str) {
-    use crate::chain::{CHAIN_ID, PAYER, PAYER_KEY};
+fn chain_banner(rpc_url: &str, token: &str, edge: &str, model: Option<&str>, free: bool) {
+    use crate::chain::{CHAIN_ID, PAY_TO, PAYER, PAYER_KEY};
+    let model = model.unwrap_or("<model id>");
     eprintln!(
         r#"Dev chain (anvil, chain id {CHAIN_ID}, a local stand-in for Base):
   JSON-RPC             {rpc_url}
   USDC (EIP-3009)      {token}   name "USD Coin", version "2", 6 decimals
   demo payer           {PAYER}   1,000 USDC
   demo payer key       {PAYER_KEY}   (anvil's well-known dev key; never use it on a real chain)
+  payments go to       {PAY_TO}
+"#
+    );
+    if free {
+        eprintln!("Payments are off (--free): calls are not asked to pay.\n");
+        return;
+    }
+    eprintln!(
+        r#"Every call is paid with x402 (unpaid calls get 402). Pay with the official
+Python client (pip install "x402[httpx,evm]" openai):
+
+python3 - <<'PY'
+import asyncio, openai
+from eth_account import Account
+from x402 import x402Client
+from x402.http.clients import x402HttpxClient
+from x402.mechanisms.evm.exact import register_exact_evm_client
+from x402.mechanisms.evm.signers import EthAccountSigner
+x402 = register_exact_evm_client(x402Client(), EthAccountSigner(Account.from_key("{PAYER_KEY}")))
+async def main():
+    async with x402HttpxClient(x402) as http:
+        client = openai.AsyncOpenAI(base_url="{edge}/v1", api_key="unused", http_client=http)
+        reply = await client.chat.completions.create(model="{model}",
+            messages=[{{"role": "user", "content": "What is the capital of France?"}}])
+        print(reply.choices[0].message.content)
+asyncio.run(main())
+PY
 "#
     );
 }

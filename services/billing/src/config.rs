@@ -25,6 +25,51 @@ pub struct Config {
     #[arg(long, env = "RUNGATE_NETWORKS")]
     pub networks_toml: Option<String>,
 
+    /// gRPC URL of the ledger (nonce reservations, usage, settlements).
+    #[arg(
+        long,
+        env = "RUNGATE_LEDGER_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub ledger_url: String,
+
+    /// Private key (0x-hex) of the account that submits settlements and pays
+    /// their gas. Prefer --settlement-key-file; never logged.
+    #[arg(long, env = "RUNGATE_SETTLEMENT_KEY", hide_env_values = true)]
+    pub settlement_key: Option<Redacted>,
+
+    /// File holding the settlement key.
+    #[arg(long, env = "RUNGATE_SETTLEMENT_KEY_FILE")]
+    pub settlement_key_file: Option<PathBuf>,
+
+    /// When payments settle: `deferred` answers right after authorization and
+    /// a worker settles served calls in the background; `sync` settles before
+    /// answering (after generation, or before the first byte of a stream).
+    #[arg(long, env = "RUNGATE_SETTLEMENT", value_enum, default_value_t = SettlementMode::Deferred)]
+    pub settlement: SettlementMode,
+
+    /// How payer balances (and on-chain nonce use) are checked: `cached`
+    /// serves from a per-payer cache refreshed in the background; `strict`
+    /// reads the chain before serving every call.
+    #[arg(long, env = "RUNGATE_CHAIN_READS", value_enum, default_value_t = ChainReads::Cached)]
+    pub chain_reads: ChainReads,
+
+    /// How old a cached balance may be before it is refreshed in the background.
+    #[arg(long, env = "RUNGATE_BALANCE_TTL", default_value = "2s",
+          value_parser = rungate_common::args::parse_duration)]
+    pub balance_ttl: Duration,
+
+    /// How long to wait for a settlement transaction's receipt before
+    /// leaving it to a later (safe) retry.
+    #[arg(long, env = "RUNGATE_RECEIPT_TIMEOUT", default_value = "30s",
+          value_parser = rungate_common::args::parse_duration)]
+    pub receipt_timeout: Duration,
+
+    /// How often the deferred-settlement worker looks for served calls.
+    #[arg(long, env = "RUNGATE_SETTLE_INTERVAL", default_value = "500ms",
+          value_parser = rungate_common::args::parse_duration)]
+    pub settle_interval: Duration,
+
     /// How long in-flight calls may run after shutdown begins.
     #[arg(long, env = "RUNGATE_DRAIN_TIMEOUT", default_value = "10s",
           value_parser = rungate_common::args::parse_duration)]
@@ -38,9 +83,29 @@ impl Default for Config {
             prices_toml: None,
             networks_file: None,
             networks_toml: None,
+            ledger_url: "http://127.0.0.1:50054".into(),
+            settlement_key: None,
+            settlement_key_file: None,
+            settlement: SettlementMode::Deferred,
+            chain_reads: ChainReads::Cached,
+            balance_ttl: Duration::from_secs(2),
+            receipt_timeout: Duration::from_secs(30),
+            settle_interval: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(10),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SettlementMode {
+    Sync,
+    Deferred,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChainReads {
+    Strict,
+    Cached,
 }
 
 impl Config {
@@ -60,5 +125,44 @@ impl Config {
         )
         .map_err(BillingError::Config)?;
         Ok(crate::x402::networks::NetworksFile::from_toml(&text)?.networks)
+    }
+
+    /// The settlement signer, from --settlement-key or its file.
+    pub fn settlement_signer(&self) -> Result<alloy_signer_local::PrivateKeySigner, BillingError> {
+        let key = match (&self.settlement_key, &self.settlement_key_file) {
+            (Some(key), _) => key.0.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    BillingError::Config(format!("settlement key file {}: {e}", path.display()))
+                })?
+                .trim()
+                .to_owned(),
+            (None, None) => {
+                return Err(BillingError::Config(
+                    "payment networks are configured but no settlement key is (--settlement-key-file)".into(),
+                ));
+            }
+        };
+        // The error never echoes the key.
+        key.parse().map_err(|_| {
+            BillingError::Config("the settlement key is not a 32-byte hex private key".into())
+        })
+    }
+}
+
+/// A secret from the command line or environment: `Debug` never shows it.
+#[derive(Clone)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
     }
 }

@@ -10,6 +10,10 @@ pub enum BillingError {
     InvalidArgument(String),
     #[error("{0} is not offered by this deployment: payments are disabled (free mode)")]
     PaymentsDisabled(&'static str),
+    #[error("ledger refused the write: {0}")]
+    Ledger(String),
+    #[error("ledger unreachable: {0}")]
+    LedgerUnavailable(#[from] Status),
 }
 
 impl From<BillingError> for Status {
@@ -18,6 +22,8 @@ impl From<BillingError> for Status {
             BillingError::Config(_) => Code::FailedPrecondition,
             BillingError::InvalidArgument(_) => Code::InvalidArgument,
             BillingError::PaymentsDisabled(_) => Code::Unimplemented,
+            BillingError::Ledger(_) => Code::Internal,
+            BillingError::LedgerUnavailable(_) => Code::Unavailable,
         };
         Status::new(code, error.to_string())
     }

@@ -60,6 +60,8 @@ pub async fn serve(
     let deadline = CancellationToken::new();
     let cut_off = deadline.clone();
     let server = Server::builder()
+        // HTTP/1.1 too: billing serves the x402 facilitator's JSON API here.
+        .accept_http1(true)
         .layer(
             TraceLayer::new_for_grpc()
                 .make_span_with(crate::propagation::grpc_server_span)

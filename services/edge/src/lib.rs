@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 mod openai;
+mod payment;
 mod recorder;
 mod routes;
 mod sse;

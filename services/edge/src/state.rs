@@ -1,6 +1,7 @@
 //! What every handler shares: gRPC clients to the internal services.
 
 use rungate_common::propagation::TracePropagator;
+use rungate_proto::billing::v1::billing_service_client::BillingServiceClient;
 use rungate_proto::inference::v1::inference_service_client::InferenceServiceClient;
 use rungate_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
 use tonic::service::interceptor::InterceptedService;
@@ -10,6 +11,7 @@ use crate::Config;
 use crate::recorder::UsageRecorder;
 
 pub type InferenceClient = InferenceServiceClient<InterceptedService<Channel, TracePropagator>>;
+pub type BillingClient = BillingServiceClient<InterceptedService<Channel, TracePropagator>>;
 pub type LedgerClient = LedgerServiceClient<InterceptedService<Channel, TracePropagator>>;
 
 #[derive(Clone)]
@@ -17,6 +19,9 @@ pub struct AppState {
     pub inference: InferenceClient,
     pub ledger: LedgerClient,
     pub usage: UsageRecorder,
+    /// None in free mode.
+    pub billing: Option<BillingClient>,
+    pub public_url: Option<std::sync::Arc<str>>,
 }
 
 impl AppState {
@@ -29,6 +34,15 @@ impl AppState {
         Ok(Self {
             inference: InferenceServiceClient::with_interceptor(inference, TracePropagator),
             usage: UsageRecorder::spawn(ledger.clone()),
+            billing: if config.free_mode {
+                None
+            } else {
+                Some(BillingServiceClient::with_interceptor(
+                    rungate_common::grpc::lazy_channel(&config.billing_url)?,
+                    TracePropagator,
+                ))
+            },
+            public_url: config.public_url.as_deref().map(std::sync::Arc::from),
             ledger,
         })
     }

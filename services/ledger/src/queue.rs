@@ -1,4 +1,5 @@
-//! The settlement queue and expiry. Claims lease due settlements to a worker
+//! The settlement queue and expiry. Claims lease due settlements (authorized
+//! and served, or one named by sync settlement) to a worker
 //! with `FOR UPDATE SKIP LOCKED`, so concurrent workers (billing replicas)
 //! never get the same one, and a crashed worker's claims come back when its
 //! lease runs out. Expiry voids what can no longer be settled.
@@ -26,9 +27,15 @@ pub async fn claim(
         "WITH due AS (
              SELECT s.request_id FROM settlements s
              JOIN authorizations a ON a.request_id = s.request_id
-             WHERE (s.status = 'authorized' OR (s.status = 'settling' AND s.lease_until < now()))
-               AND a.valid_before > extract(epoch FROM now())
+             -- A lapsed 'settling' lease comes back even past validBefore: its
+             -- transaction may have landed, and only the worker can find out.
+             WHERE ((s.status = 'authorized' AND a.valid_before > extract(epoch FROM now()))
+                    OR (s.status = 'settling' AND s.lease_until < now()))
                AND ($4 = '' OR a.network = $4)
+               -- Only served calls are due: an authorization whose call never
+               -- completed is voided or expires, never settled.
+               AND CASE WHEN $5 = '' THEN EXISTS (SELECT 1 FROM usage_records u WHERE u.request_id = s.request_id)
+                        ELSE s.request_id = $5 END
              ORDER BY a.valid_before
              LIMIT $1
              FOR UPDATE OF s SKIP LOCKED),
@@ -51,6 +58,7 @@ pub async fn claim(
     .bind(&request.worker)
     .bind(f64::from(lease))
     .bind(&request.network)
+    .bind(&request.request_id)
     .fetch_all(pool)
     .await?;
     let number = |row: &sqlx::postgres::PgRow, column: &str| -> Result<u64, LedgerError> {

@@ -29,7 +29,22 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// An authorization whose call was served (usage recorded): due for settlement.
 async fn authorize(network: &str, request_id: &str, valid_before: u64) {
+    authorize_unserved(network, request_id, valid_before).await;
+    let ack = ledger()
+        .await
+        .write_one(records::write(
+            format!("usage-{request_id}"),
+            Record::Usage(records::usage(request_id, 5)),
+        ))
+        .await
+        .expect("write")
+        .into_inner();
+    assert_eq!(ack.outcome, WriteOutcome::Applied as i32, "{}", ack.message);
+}
+
+async fn authorize_unserved(network: &str, request_id: &str, valid_before: u64) {
     let ack = ledger()
         .await
         .write_one(records::write(
@@ -57,7 +72,39 @@ fn claim(network: &str, worker: &str, limit: u32, lease_seconds: u32) -> ClaimSe
         limit,
         lease_seconds,
         network: network.into(),
+        request_id: String::new(),
     }
+}
+
+#[tokio::test]
+async fn only_served_calls_are_due_unless_one_is_named() {
+    let network = network();
+    let request = format!("{network}-unserved");
+    authorize_unserved(&network, &request, now() + 3_600).await;
+    let due = ledger()
+        .await
+        .claim_settlements(claim(&network, "w", 10, 60))
+        .await
+        .expect("claim")
+        .into_inner();
+    assert!(due.claimed.is_empty(), "a call not served is never settled");
+    let named = ledger()
+        .await
+        .claim_settlements(ClaimSettlementsRequest {
+            request_id: request.clone(),
+            ..claim(&network, "sync", 10, 60)
+        })
+        .await
+        .expect("claim")
+        .into_inner();
+    assert_eq!(named.claimed.len(), 1);
+    assert_eq!(
+        named.claimed[0]
+            .authorization
+            .as_ref()
+            .map(|a| a.request_id.as_str()),
+        Some(request.as_str())
+    );
 }
 
 #[tokio::test]

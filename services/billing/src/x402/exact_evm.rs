@@ -54,35 +54,7 @@ pub struct Expected {
     pub eip712_version: String,
 }
 
-/// The spec's `invalidReason`s this check can give.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidReason {
-    #[error("invalid_payload")]
-    Payload,
-    #[error("invalid_exact_evm_payload_signature")]
-    Signature,
-    #[error("invalid_exact_evm_payload_recipient_mismatch")]
-    Recipient,
-    #[error("invalid_exact_evm_payload_authorization_valid_after")]
-    ValidAfter,
-    #[error("invalid_exact_evm_payload_authorization_valid_before")]
-    ValidBefore,
-    #[error("invalid_exact_evm_payload_authorization_value")]
-    Value,
-}
-
-impl InvalidReason {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            InvalidReason::Payload => "invalid_payload",
-            InvalidReason::Signature => "invalid_exact_evm_payload_signature",
-            InvalidReason::Recipient => "invalid_exact_evm_payload_recipient_mismatch",
-            InvalidReason::ValidAfter => "invalid_exact_evm_payload_authorization_valid_after",
-            InvalidReason::ValidBefore => "invalid_exact_evm_payload_authorization_valid_before",
-            InvalidReason::Value => "invalid_exact_evm_payload_authorization_value",
-        }
-    }
-}
+pub use super::InvalidReason;
 
 /// A decoded authorization whose signature, recipient, value and time window
 /// check out. The nonce's freshness (ledger) and the payer's balance (chain)

@@ -2,3 +2,59 @@
 
 pub mod exact_evm;
 pub mod networks;
+pub mod payment;
+
+/// Why a payment was refused: the spec's `invalidReason` strings (and the
+/// reference implementation's where the spec names none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidReason {
+    #[error("invalid_x402_version")]
+    Version,
+    #[error("unsupported_scheme")]
+    Scheme,
+    #[error("invalid_network")]
+    Network,
+    /// v2 `accepted` is not one of the offers made for this request.
+    #[error("invalid_payment_requirements")]
+    Requirements,
+    #[error("invalid_payload")]
+    Payload,
+    #[error("invalid_exact_evm_payload_signature")]
+    Signature,
+    #[error("invalid_exact_evm_payload_recipient_mismatch")]
+    Recipient,
+    #[error("invalid_exact_evm_payload_authorization_valid_after")]
+    ValidAfter,
+    #[error("invalid_exact_evm_payload_authorization_valid_before")]
+    ValidBefore,
+    #[error("invalid_exact_evm_payload_authorization_value")]
+    Value,
+    /// Seen by this server before, or already used on chain.
+    #[error("invalid_exact_evm_nonce_already_used")]
+    NonceUsed,
+    #[error("insufficient_funds")]
+    InsufficientFunds,
+    /// The chain could not be read to check the nonce or balance.
+    #[error("unexpected_verify_error")]
+    Unexpected,
+}
+
+impl InvalidReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InvalidReason::Version => "invalid_x402_version",
+            InvalidReason::Scheme => "unsupported_scheme",
+            InvalidReason::Network => "invalid_network",
+            InvalidReason::Requirements => "invalid_payment_requirements",
+            InvalidReason::Payload => "invalid_payload",
+            InvalidReason::Signature => "invalid_exact_evm_payload_signature",
+            InvalidReason::Recipient => "invalid_exact_evm_payload_recipient_mismatch",
+            InvalidReason::ValidAfter => "invalid_exact_evm_payload_authorization_valid_after",
+            InvalidReason::ValidBefore => "invalid_exact_evm_payload_authorization_valid_before",
+            InvalidReason::Value => "invalid_exact_evm_payload_authorization_value",
+            InvalidReason::NonceUsed => "invalid_exact_evm_nonce_already_used",
+            InvalidReason::InsufficientFunds => "insufficient_funds",
+            InvalidReason::Unexpected => "unexpected_verify_error",
+        }
+    }
+}

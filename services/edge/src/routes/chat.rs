@@ -20,7 +20,9 @@ use crate::openai::{
     AssistantMessage, ChatRequest, Chunk, ChunkChoice, Completion, CompletionChoice, Delta, Usage,
     finish_reason,
 };
+use crate::payment;
 use crate::recorder::{ServedCall, UsageRecorder};
+use crate::routes::paid::{self, Gate, PaidSession};
 use crate::sse;
 use crate::state::AppState;
 
@@ -29,15 +31,14 @@ pub async fn completions(
     request: Request,
     body_limit: usize,
 ) -> Result<Response, ApiError> {
-    let bytes = axum::body::to_bytes(request.into_body(), body_limit)
-        .await
-        .map_err(|_| {
-            ApiError::invalid(
-                None,
-                format!("The request body is larger than the {body_limit}-byte limit."),
-            )
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-        })?;
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, body_limit).await.map_err(|_| {
+        ApiError::invalid(
+            None,
+            format!("The request body is larger than the {body_limit}-byte limit."),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    })?;
     let chat = ChatRequest::parse(&bytes)?;
     // Random (v4), not time-ordered: the id is also the receipt id, which
     // must not be guessable.
@@ -50,6 +51,11 @@ pub async fn completions(
             tracing::field::display(serde_json::Value::Object(metadata.clone())),
         );
     }
+    let mut paid = match paid::gate(&state, &parts.headers, parts.uri.path(), &chat, &id).await? {
+        Gate::Free => None,
+        Gate::Paid(session) => Some(*session),
+        Gate::Refused(response) => return Ok(response),
+    };
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -74,15 +80,34 @@ pub async fn completions(
         .generate(generate)
         .await?
         .into_inner();
+    // A streamed call's payment header goes out with the first byte: wait
+    // for it (in sync settlement, while the engine processes the prompt).
+    let settled = match &mut paid {
+        Some(session) if chat.stream => {
+            let settled = session.settled().await?;
+            if !settled.success {
+                return Ok(paid::settlement_failed(session, &settled));
+            }
+            Some(settled)
+        }
+        _ => None,
+    };
     let call = Call {
         id,
         created,
         model: chat.model,
         served_by: String::new(),
-        usage: state.usage.clone(),
+        // Paid calls' usage is recorded by billing, with their charge.
+        usage: paid.is_none().then(|| state.usage.clone()),
+        paid,
     };
     if chat.stream {
-        Ok(streamed(call, events, chat.include_usage))
+        let version = call.paid.as_ref().map(|p| p.version);
+        let mut response = streamed(call, events, chat.include_usage);
+        if let (Some(version), Some(settled)) = (version, settled) {
+            payment::set_response_header(&mut response, version, &settled);
+        }
+        Ok(response)
     } else {
         complete(call, events).await
     }
@@ -94,12 +119,17 @@ struct Call {
     model: String,
     /// The engine's name for what served the call (from its Started event).
     served_by: String,
-    usage: UsageRecorder,
+    /// Free mode: the recorder that writes this call's usage.
+    usage: Option<UsageRecorder>,
+    paid: Option<PaidSession>,
 }
 
 impl Call {
     fn finished(&self, finished: &Finished) {
-        self.usage.record(ServedCall {
+        let Some(recorder) = &self.usage else {
+            return;
+        };
+        recorder.record(ServedCall {
             request_id: &self.id,
             model: &self.model,
             engine: &self.served_by,
@@ -138,6 +168,19 @@ async fn complete(
                 };
                 let mut response = axum::Json(body).into_response();
                 set_request_id(&mut response, &call.id);
+                if let Some(mut session) = call.paid.take() {
+                    let usage = finished.usage.unwrap_or_default();
+                    let reason = finish_reason(finished.finish_reason);
+                    session.completed(usage, reason, &call.served_by).await;
+                    let settled = session.settled().await?;
+                    if !settled.success {
+                        return Ok(paid::settlement_failed(&session, &settled));
+                    }
+                    let version = session.version;
+                    // Answer once billing has recorded the call.
+                    session.finish().await?;
+                    payment::set_response_header(&mut response, version, &settled);
+                }
                 return Ok(response);
             }
             None => {}
@@ -155,6 +198,7 @@ fn streamed(call: Call, events: Streaming<GenerateEvent>, include_usage: bool) -
         pending: VecDeque::with_capacity(3),
         started: false,
         done: false,
+        deltas: 0,
     };
     let mut response = Response::new(Body::from_stream(frames.into_stream()));
     let headers = response.headers_mut();
@@ -186,6 +230,28 @@ struct Frames {
     pending: VecDeque<Bytes>,
     started: bool,
     done: bool,
+    /// Content deltas sent so far (a paid call cut short counts as served
+    /// once content went out).
+    deltas: u32,
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        let Some(session) = self.call.paid.take() else {
+            return;
+        };
+        if self.deltas > 0 {
+            let usage = rungate_proto::types::v1::TokenUsage {
+                prompt_tokens: 0,
+                completion_tokens: self.deltas,
+            };
+            session.completed_now(usage, "cancelled", &self.call.served_by);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(session.finish());
+            }
+        }
+        // Nothing sent: dropping the session voids the authorization.
+    }
 }
 
 impl Frames {
@@ -247,6 +313,7 @@ impl Frames {
                     None,
                 );
                 self.pending.push_back(frame);
+                self.deltas += 1;
             }
             Ok(Some(GenerateEvent {
                 event: Some(Event::Started(started)),
@@ -255,6 +322,18 @@ impl Frames {
                 event: Some(Event::Finished(finished)),
             })) => {
                 self.call.finished(&finished);
+                if let Some(session) = self.call.paid.take() {
+                    let usage = finished.usage.unwrap_or_default();
+                    session
+                        .completed(
+                            usage,
+                            finish_reason(finished.finish_reason),
+                            &self.call.served_by,
+                        )
+                        .await;
+                    // Keep the call open until billing has recorded it.
+                    tokio::spawn(session.finish());
+                }
                 let last = self.chunk(
                     Delta::default(),
                     Some(finish_reason(finished.finish_reason)),

@@ -2,6 +2,7 @@
 
 mod chat;
 mod models;
+mod paid;
 mod receipts;
 
 use axum::Router;
@@ -23,8 +24,33 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/v1/receipts/{id}", get(receipts::one))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
+        .layer(cors())
         .layer(TraceLayer::new_for_http().make_span_with(http_span))
         .with_state(state)
+}
+
+/// Browser agents may call from any origin; they must be able to send the
+/// payment headers and read the x402 and receipt headers.
+fn cors() -> tower_http::cors::CorsLayer {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
+    use tower_http::cors::{Any, CorsLayer};
+    let name = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([http::Method::GET, http::Method::POST])
+        .allow_headers([
+            CONTENT_TYPE,
+            AUTHORIZATION,
+            name(crate::payment::X_PAYMENT),
+            name(crate::payment::PAYMENT_SIGNATURE),
+        ])
+        .expose_headers([
+            name(crate::payment::PAYMENT_REQUIRED),
+            name(crate::payment::PAYMENT_RESPONSE),
+            name(crate::payment::X_PAYMENT_RESPONSE),
+            name("x-request-id"),
+            name("x-rungate-receipt"),
+        ])
 }
 
 async fn not_found(uri: http::Uri) -> crate::ApiError {

@@ -1,0 +1,184 @@
+//! Settlement on chain, safe to retry: before sending, the token's
+//! `authorizationState` says whether the authorization was already used (by
+//! an earlier attempt of ours that crashed or timed out, or by anyone else),
+//! and then the `AuthorizationUsed` log names the transaction. The token
+//! itself refuses a used nonce, so no retry can ever move the money twice.
+
+use std::time::{Duration, Instant};
+
+use alloy_network::TransactionBuilder;
+use alloy_primitives::{Address, B256, Signature, U256};
+use alloy_provider::Provider;
+use alloy_rpc_types_eth::{Filter, TransactionRequest};
+use alloy_sol_types::{SolCall, SolEvent};
+use alloy_transport::{RpcError, TransportErrorKind};
+
+use super::{Chain, Eip3009Token};
+
+/// What to settle: a verified EIP-3009 authorization.
+#[derive(Debug, Clone)]
+pub struct SettleAuthorization {
+    /// The EIP-3009 token.
+    pub asset: Address,
+    pub from: Address,
+    pub to: Address,
+    pub value: U256,
+    pub valid_after: U256,
+    pub valid_before: U256,
+    pub nonce: B256,
+    pub signature: Signature,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The money moved, in this transaction.
+    Settled { tx_hash: B256, block: u64 },
+    /// It did not and never will (reverted, expired, canceled).
+    Failed { reason: String },
+    /// Not known yet (RPC down, no receipt before the timeout): retry later;
+    /// the retry finds out what happened first.
+    Unknown { error: String },
+}
+
+/// How far back to look for the log of an authorization used earlier.
+const LOG_LOOKBACK_BLOCKS: u64 = 50_000;
+
+impl Chain {
+    pub async fn settle(&self, auth: &SettleAuthorization) -> Outcome {
+        match self.nonce_used_on(auth.from, auth.nonce, auth.asset).await {
+            Ok(true) => return self.find_used(auth).await,
+            Ok(false) => {}
+            Err(error) => {
+                return Outcome::Unknown {
+                    error: error.to_string(),
+                };
+            }
+        }
+        let tx_hash = match self.send(auth).await {
+            Ok(hash) => hash,
+            Err(outcome) => return outcome,
+        };
+        match self.wait_receipt(tx_hash).await {
+            Ok(Some((true, block))) => Outcome::Settled { tx_hash, block },
+            // Reverted: maybe someone else's transaction used it first.
+            Ok(Some((false, _))) => {
+                match self.nonce_used_on(auth.from, auth.nonce, auth.asset).await {
+                    Ok(true) => self.find_used(auth).await,
+                    _ => Outcome::Failed {
+                        reason: format!("transaction {tx_hash} reverted"),
+                    },
+                }
+            }
+            Ok(None) => Outcome::Unknown {
+                error: format!("no receipt for {tx_hash} within {:?}", self.receipt_timeout),
+            },
+            Err(error) => Outcome::Unknown { error },
+        }
+    }
+
+    /// Sends the transaction with the next nonce; a send that fails leaves
+    /// the nonce to be re-read from the chain.
+    async fn send(&self, auth: &SettleAuthorization) -> Result<B256, Outcome> {
+        let call = Eip3009Token::transferWithAuthorizationCall {
+            from: auth.from,
+            to: auth.to,
+            value: auth.value,
+            validAfter: auth.valid_after,
+            validBefore: auth.valid_before,
+            nonce: auth.nonce,
+            v: 27 + u8::from(auth.signature.v()),
+            r: auth.signature.r().into(),
+            s: auth.signature.s().into(),
+        };
+        let mut next = self.next_nonce.lock().await;
+        let nonce = match *next {
+            Some(nonce) => nonce,
+            None => self
+                .provider
+                .get_transaction_count(self.settler)
+                .pending()
+                .await
+                .map_err(|e| unknown(&e))?,
+        };
+        let tx = TransactionRequest::default()
+            .with_from(self.settler)
+            .with_to(auth.asset)
+            .with_input(call.abi_encode())
+            .with_nonce(nonce);
+        match self.provider.send_transaction(tx).await {
+            Ok(pending) => {
+                *next = Some(nonce + 1);
+                Ok(*pending.tx_hash())
+            }
+            Err(error) => {
+                *next = None;
+                Err(match error {
+                    // The node answered: the estimate (a simulation) reverted
+                    // or the transaction was refused. It will not get better.
+                    RpcError::ErrorResp(payload) => Outcome::Failed {
+                        reason: payload.message.to_string(),
+                    },
+                    other => unknown(&other),
+                })
+            }
+        }
+    }
+
+    /// Polls for the receipt: quickly at first (dev chains mine at once),
+    /// then backing off to the block time.
+    async fn wait_receipt(&self, hash: B256) -> Result<Option<(bool, u64)>, String> {
+        let deadline = Instant::now() + self.receipt_timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.provider.get_transaction_receipt(hash).await {
+                Ok(Some(receipt)) => {
+                    return Ok(Some((
+                        receipt.status(),
+                        receipt.block_number.unwrap_or_default(),
+                    )));
+                }
+                Ok(None) => {}
+                Err(error) => tracing::debug!(%error, %hash, "receipt poll failed"),
+            }
+            if Instant::now() + pause > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// The transaction that used this authorization, from its log.
+    async fn find_used(&self, auth: &SettleAuthorization) -> Outcome {
+        let latest = match self.provider.get_block_number().await {
+            Ok(n) => n,
+            Err(e) => return unknown(&e),
+        };
+        let filter = Filter::new()
+            .address(auth.asset)
+            .event_signature(Eip3009Token::AuthorizationUsed::SIGNATURE_HASH)
+            .topic1(auth.from.into_word())
+            .topic2(auth.nonce)
+            .from_block(latest.saturating_sub(LOG_LOOKBACK_BLOCKS))
+            .to_block(latest);
+        match self.provider.get_logs(&filter).await {
+            Ok(logs) => match logs.first() {
+                Some(log) => Outcome::Settled {
+                    tx_hash: log.transaction_hash.unwrap_or_default(),
+                    block: log.block_number.unwrap_or_default(),
+                },
+                // Used without a transfer (canceled), or too long ago to see.
+                None => Outcome::Failed {
+                    reason: "the authorization's nonce was used or canceled elsewhere".into(),
+                },
+            },
+            Err(e) => unknown(&e),
+        }
+    }
+}
+
+fn unknown(error: &RpcError<TransportErrorKind>) -> Outcome {
+    Outcome::Unknown {
+        error: error.to_string(),
+    }
+}

@@ -1,0 +1,311 @@
+//! Payments end to end: authorize (verify + hold funds + reserve the nonce),
+//! settle (now, for sync settlement, or from the queue, for deferred), and
+//! the worker that drains the queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::{Address, B256, Signature, U256};
+use rungate_proto::billing::v1::SettleResponse;
+use rungate_proto::ledger::v1::{
+    Authorization, ClaimSettlementsRequest, SettlementStatus, SettlementUpdate,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::BillingError;
+use crate::chain::{Chain, Outcome, SettleAuthorization};
+use crate::config::SettlementMode;
+use crate::funds::Funds;
+use crate::ledger::{Ledger, Reservation};
+use crate::x402::InvalidReason;
+use crate::x402::networks::{Network, Offer};
+use crate::x402::{exact_evm, payment};
+
+/// Claims the worker takes per network per pass.
+const CLAIM_BATCH: u32 = 64;
+
+pub struct Payments {
+    pub chains: Vec<Arc<Chain>>,
+    pub ledger: Ledger,
+    pub funds: Arc<Funds>,
+    pub mode: SettlementMode,
+    pub settle_interval: Duration,
+    /// How long a claimed settlement is ours before another worker may retry it.
+    pub lease: Duration,
+    pub worker: String,
+}
+
+/// A payment that passed every check and whose nonce is now reserved.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    pub request_id: String,
+    pub chain: Arc<Chain>,
+    pub version: u32,
+    pub payer: Address,
+    pub amount: u128,
+}
+
+impl Authorized {
+    fn network_name(&self) -> &str {
+        if self.version == 1 {
+            &self.chain.network.v1_name
+        } else {
+            &self.chain.network.network
+        }
+    }
+
+    /// The x402 SettleResponse for this payment.
+    pub fn settle_response(&self, success: bool, error: &str, tx: Option<B256>) -> SettleResponse {
+        SettleResponse {
+            success,
+            error_reason: error.to_owned(),
+            payer: self.payer.to_checksum(None),
+            transaction: tx.map(|h| h.to_string()).unwrap_or_default(),
+            network: self.network_name().to_owned(),
+            amount: Some(self.amount.into()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("network", &self.network.network)
+            .finish()
+    }
+}
+
+impl Payments {
+    pub fn networks(&self) -> impl Iterator<Item = &Network> {
+        self.chains.iter().map(|c| &c.network)
+    }
+
+    /// Every check of the spec, in its order; the nonce reservation in the
+    /// ledger comes last, so a refused payment leaves no record to undo.
+    pub async fn authorize(
+        &self,
+        request_id: &str,
+        payment_json: &str,
+        offer: &Offer<'_>,
+        now: u64,
+    ) -> Result<Result<Authorized, InvalidReason>, BillingError> {
+        let networks: Vec<Network> = self.networks().cloned().collect();
+        let presented = match payment::parse(payment_json, &networks, offer) {
+            Ok(p) => p,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let Some(chain) = self
+            .chains
+            .iter()
+            .find(|c| c.network.network == presented.network.network)
+        else {
+            return Ok(Err(InvalidReason::Network));
+        };
+        let verified =
+            match exact_evm::verify(&presented.payload, &presented.expected(offer.amount), now) {
+                Ok(v) => v,
+                Err(reason) => return Ok(Err(reason)),
+            };
+        let amount = U256::from(offer.amount);
+        if let Err(reason) = self
+            .funds
+            .check(chain, verified.payer, verified.message.nonce, amount)
+            .await
+        {
+            return Ok(Err(reason));
+        }
+        let message = &verified.message;
+        let record = Authorization {
+            request_id: request_id.to_owned(),
+            network: chain.network.network.clone(),
+            asset: chain.network.asset.to_string(),
+            payer: verified.payer.to_string(),
+            pay_to: message.to.to_string(),
+            amount: Some(offer.amount.into()),
+            valid_after: saturating_u64(message.validAfter),
+            valid_before: saturating_u64(message.validBefore),
+            nonce: message.nonce.to_string(),
+            signature: format!(
+                "0x{}",
+                alloy_primitives::hex::encode(verified.signature.as_bytes())
+            ),
+            scheme: "exact".into(),
+            x402_version: presented.version,
+        };
+        let reserved = self.ledger.reserve(record).await;
+        if !matches!(reserved, Ok(Reservation::Reserved)) {
+            self.funds
+                .release(&chain.network.network, verified.payer, amount);
+        }
+        match reserved? {
+            Reservation::Reserved => Ok(Ok(Authorized {
+                request_id: request_id.to_owned(),
+                chain: chain.clone(),
+                version: presented.version,
+                payer: verified.payer,
+                amount: offer.amount,
+            })),
+            Reservation::AlreadyUsed => Ok(Err(InvalidReason::NonceUsed)),
+        }
+    }
+
+    /// Sync settlement of one authorized call: claim it, settle it, record
+    /// the outcome. An outcome not yet known (RPC down, slow receipt) stays
+    /// claimed; the worker finishes it once the lease runs out.
+    pub async fn settle_by_id(&self, request_id: &str) -> Result<SettleResponse, BillingError> {
+        let claimed = self
+            .ledger
+            .claim(ClaimSettlementsRequest {
+                worker: self.worker.clone(),
+                limit: 1,
+                lease_seconds: self.lease.as_secs().max(1) as u32,
+                network: String::new(),
+                request_id: request_id.to_owned(),
+            })
+            .await?;
+        let Some(authorization) = claimed.into_iter().next().and_then(|c| c.authorization) else {
+            return Err(BillingError::InvalidArgument(format!(
+                "authorization `{request_id}` is unknown, already settled or being settled"
+            )));
+        };
+        let chain = self
+            .chains
+            .iter()
+            .find(|c| c.network.network == authorization.network)
+            .ok_or_else(|| {
+                BillingError::Config(format!("no chain for {}", authorization.network))
+            })?;
+        let outcome = self.settle_claimed(chain, &authorization).await?;
+        let network = if authorization.x402_version == 1 {
+            &chain.network.v1_name
+        } else {
+            &chain.network.network
+        };
+        let payer = authorization
+            .payer
+            .parse::<Address>()
+            .map_or_else(|_| authorization.payer.clone(), |a| a.to_checksum(None));
+        let (success, error, tx) = match outcome {
+            Outcome::Settled { tx_hash, .. } => (true, "", tx_hash.to_string()),
+            Outcome::Failed { .. } => (false, "transaction_failed", String::new()),
+            // As far as the payer is concerned it is paid; the worker makes
+            // sure of it (and cannot pay twice).
+            Outcome::Unknown { .. } => (true, "", String::new()),
+        };
+        Ok(SettleResponse {
+            success,
+            error_reason: error.to_owned(),
+            payer,
+            transaction: tx,
+            network: network.clone(),
+            amount: authorization.amount,
+        })
+    }
+
+    /// Settles a claimed authorization on `chain` and records a final outcome.
+    pub async fn settle_claimed(
+        &self,
+        chain: &Chain,
+        authorization: &Authorization,
+    ) -> Result<Outcome, BillingError> {
+        let request_id = &authorization.request_id;
+        let outcome = match to_settle(authorization) {
+            Ok(auth) => {
+                let outcome = chain.settle(&auth).await;
+                if !matches!(outcome, Outcome::Unknown { .. }) {
+                    self.funds
+                        .release(&chain.network.network, auth.from, auth.value);
+                }
+                outcome
+            }
+            Err(reason) => Outcome::Failed { reason },
+        };
+        let update = match &outcome {
+            Outcome::Settled { tx_hash, block } => SettlementUpdate {
+                request_id: request_id.clone(),
+                status: SettlementStatus::Settled as i32,
+                tx_hash: tx_hash.to_string(),
+                block_number: *block,
+                error: String::new(),
+            },
+            Outcome::Failed { reason } => SettlementUpdate {
+                request_id: request_id.clone(),
+                status: SettlementStatus::Failed as i32,
+                error: reason.clone(),
+                ..Default::default()
+            },
+            Outcome::Unknown { error } => {
+                tracing::warn!(%request_id, %error, "settlement outcome unknown; it will be retried");
+                return Ok(outcome);
+            }
+        };
+        tracing::info!(%request_id, ?outcome, "settlement finished");
+        self.ledger.finish(update).await?;
+        Ok(outcome)
+    }
+
+    /// Deferred settlement: claims served calls, earliest deadline first, and
+    /// settles them, until `stop`. Claims are leased, so a crashed worker's
+    /// work comes back to whoever runs next.
+    pub async fn run_worker(self: Arc<Self>, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.settle_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            for chain in &self.chains {
+                if let Err(error) = self.drain_once(chain).await {
+                    tracing::warn!(%error, network = %chain.network.network, "settlement pass failed");
+                }
+            }
+        }
+    }
+
+    async fn drain_once(&self, chain: &Arc<Chain>) -> Result<(), BillingError> {
+        let claimed = self
+            .ledger
+            .claim(ClaimSettlementsRequest {
+                worker: self.worker.clone(),
+                limit: CLAIM_BATCH,
+                lease_seconds: self.lease.as_secs().max(1) as u32,
+                network: chain.network.network.clone(),
+                request_id: String::new(),
+            })
+            .await?;
+        let settles = claimed
+            .iter()
+            .filter_map(|c| c.authorization.as_ref())
+            .map(|a| self.settle_claimed(chain, a));
+        for result in futures::future::join_all(settles).await {
+            if let Err(error) = result {
+                tracing::warn!(%error, "recording a settlement failed; it will be retried");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn saturating_u64(value: U256) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+/// The ledger's record back into a transferWithAuthorization call.
+fn to_settle(a: &Authorization) -> Result<SettleAuthorization, String> {
+    let bad = |field: &str| format!("stored authorization has a malformed {field}");
+    let signature = alloy_primitives::hex::decode(&a.signature)
+        .ok()
+        .and_then(|bytes| Signature::try_from(bytes.as_slice()).ok())
+        .ok_or_else(|| bad("signature"))?;
+    Ok(SettleAuthorization {
+        asset: a.asset.parse().map_err(|_| bad("asset"))?,
+        from: a.payer.parse().map_err(|_| bad("payer"))?,
+        to: a.pay_to.parse().map_err(|_| bad("pay_to"))?,
+        value: U256::from(a.amount.unwrap_or_default().atomic()),
+        valid_after: U256::from(a.valid_after),
+        valid_before: U256::from(a.valid_before),
+        nonce: a.nonce.parse().map_err(|_| bad("nonce"))?,
+        signature,
+    })
+}

@@ -1,0 +1,174 @@
+//! A presented payment (the decoded `X-PAYMENT` or `PAYMENT-SIGNATURE` JSON):
+//! version, scheme and network checks, and for v2 the match of `accepted`
+//! against the offers made for this request. The first checks of the spec,
+//! before any signature work.
+
+use serde_json::Value;
+
+use super::InvalidReason;
+use super::exact_evm::{ExactEvmPayload, Expected};
+use super::networks::{Network, Offer};
+
+/// A payment that names a supported version, scheme and network.
+#[derive(Debug)]
+pub struct Presented<'n> {
+    pub version: u32,
+    pub network: &'n Network,
+    pub payload: ExactEvmPayload,
+}
+
+impl Presented<'_> {
+    /// The network as this payment's version names it (for SettleResponse).
+    pub fn network_name(&self) -> &str {
+        if self.version == 1 {
+            &self.network.v1_name
+        } else {
+            &self.network.network
+        }
+    }
+
+    pub fn expected(&self, amount: u128) -> Expected {
+        Expected {
+            chain_id: self.network.chain_id,
+            asset: self.network.asset,
+            pay_to: self.network.pay_to,
+            amount: alloy_primitives::U256::from(amount),
+            eip712_name: self.network.eip712_name.clone(),
+            eip712_version: self.network.eip712_version.clone(),
+        }
+    }
+}
+
+pub fn parse<'n>(
+    json: &str,
+    networks: &'n [Network],
+    offer: &Offer<'_>,
+) -> Result<Presented<'n>, InvalidReason> {
+    let value: Value = serde_json::from_str(json).map_err(|_| InvalidReason::Payload)?;
+    let version = value.get("x402Version").and_then(Value::as_u64);
+    let (version, chosen) = match version {
+        Some(1) => (1, &value),
+        Some(2) => (2, value.get("accepted").ok_or(InvalidReason::Payload)?),
+        _ => return Err(InvalidReason::Version),
+    };
+    if chosen.get("scheme").and_then(Value::as_str) != Some("exact") {
+        return Err(InvalidReason::Scheme);
+    }
+    let named = chosen.get("network").and_then(Value::as_str);
+    let network = networks
+        .iter()
+        .find(|n| {
+            let ours = if version == 1 { &n.v1_name } else { &n.network };
+            named == Some(ours.as_str())
+        })
+        .ok_or(InvalidReason::Network)?;
+    if version == 2 && !matches_offer(&network.requirement_v2(offer), chosen) {
+        return Err(InvalidReason::Requirements);
+    }
+    let payload = value
+        .get("payload")
+        .cloned()
+        .and_then(|p| serde_json::from_value(p).ok())
+        .ok_or(InvalidReason::Payload)?;
+    Ok(Presented {
+        version,
+        network,
+        payload,
+    })
+}
+
+/// Every field we offered is in `accepted` with the same value (`extra` may
+/// carry more keys: the reference clients add none, but the spec allows it).
+/// Addresses compare case-insensitively: clients may lower-case them.
+pub fn matches_offer(offer: &Value, accepted: &Value) -> bool {
+    let (Some(offer), Some(accepted)) = (offer.as_object(), accepted.as_object()) else {
+        return false;
+    };
+    offer
+        .iter()
+        .all(|(key, ours)| match (key.as_str(), accepted.get(key)) {
+            (_, None) => false,
+            ("extra", Some(theirs)) => ours
+                .as_object()
+                .is_some_and(|o| o.iter().all(|(k, v)| theirs.get(k) == Some(v))),
+            ("asset" | "payTo", Some(theirs)) => ours
+                .as_str()
+                .zip(theirs.as_str())
+                .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b)),
+            (_, Some(theirs)) => ours == theirs,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::x402::networks::NetworksFile;
+
+    fn networks() -> Vec<Network> {
+        NetworksFile::from_toml(
+            r#"
+            [[networks]]
+            network = "eip155:8453"
+            v1_name = "base"
+            chain_id = 8453
+            rpc_url = "http://127.0.0.1:8545"
+            asset = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+            eip712_name = "USD Coin"
+            eip712_version = "2"
+            pay_to = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc"
+            "#,
+        )
+        .expect("networks")
+        .networks
+    }
+
+    const OFFER: Offer<'static> = Offer {
+        amount: 5,
+        resource: "http://x/v1/chat/completions",
+        description: "d",
+    };
+
+    fn payload() -> Value {
+        json!({"signature": "0x00", "authorization": {"from": "0x0", "to": "0x0",
+            "value": "5", "validAfter": "0", "validBefore": "1", "nonce": "0x0"}})
+    }
+
+    fn v2(accepted: Value) -> String {
+        json!({"x402Version": 2, "accepted": accepted, "payload": payload()}).to_string()
+    }
+
+    #[test]
+    fn each_envelope_check_gives_its_reason() {
+        let networks = networks();
+        let offer = networks[0].requirement_v2(&OFFER);
+        let reason = |json: String| parse(&json, &networks, &OFFER).err();
+        assert_eq!(reason(v2(offer.clone())), None);
+        assert_eq!(reason("{".into()), Some(InvalidReason::Payload));
+        assert_eq!(
+            reason(json!({"x402Version": 3}).to_string()),
+            Some(InvalidReason::Version)
+        );
+        let mut upto = offer.clone();
+        upto["scheme"] = json!("upto");
+        assert_eq!(reason(v2(upto)), Some(InvalidReason::Scheme));
+        let mut sepolia = offer.clone();
+        sepolia["network"] = json!("eip155:84532");
+        assert_eq!(reason(v2(sepolia)), Some(InvalidReason::Network));
+        let mut cheaper = offer.clone();
+        cheaper["amount"] = json!("4");
+        assert_eq!(reason(v2(cheaper)), Some(InvalidReason::Requirements));
+        let mut lower = offer.clone();
+        lower["payTo"] = json!("0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc");
+        assert_eq!(reason(v2(lower)), None, "addresses are case-insensitive");
+        let v1 =
+            json!({"x402Version": 1, "scheme": "exact", "network": "base", "payload": payload()});
+        let parsed = parse(&v1.to_string(), &networks, &OFFER).expect("v1");
+        assert_eq!(parsed.network_name(), "base");
+        let v1_caip = json!({"x402Version": 1, "scheme": "exact", "network": "eip155:8453", "payload": payload()});
+        assert_eq!(reason(v1_caip.to_string()), Some(InvalidReason::Network));
+        let no_payload = json!({"x402Version": 1, "scheme": "exact", "network": "base"});
+        assert_eq!(reason(no_payload.to_string()), Some(InvalidReason::Payload));
+    }
+}

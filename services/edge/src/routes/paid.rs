@@ -1,0 +1,174 @@
+//! The payment gate in front of a chat completion, and the paid call's
+//! session with billing (one PaidCall stream per call).
+
+use axum::response::Response;
+use http::HeaderMap;
+use rungate_proto::billing::v1::{
+    AuthorizeRequest, Completed, PaidCallEvent, PaidCallUpdate, QuoteRequest, SettleResponse,
+    paid_call_event::Event, paid_call_update::Update,
+};
+use rungate_proto::inference::v1::CountTokensRequest;
+use rungate_proto::types::v1::TokenUsage;
+use tokio::sync::mpsc;
+use tonic::Streaming;
+
+use crate::ApiError;
+use crate::openai::ChatRequest;
+use crate::payment;
+use crate::state::AppState;
+
+pub enum Gate {
+    /// Free mode: no payment asked.
+    Free,
+    Paid(Box<PaidSession>),
+    /// 402: no payment, or one billing refused.
+    Refused(Response),
+}
+
+/// Asks for payment, or checks the one presented. Runs after the request
+/// itself was validated, so a bad request is a 400/404, never a 402.
+pub async fn gate(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    chat: &ChatRequest,
+    request_id: &str,
+) -> Result<Gate, ApiError> {
+    let Some(billing) = &state.billing else {
+        return Ok(Gate::Free);
+    };
+    let presented = payment::presented(headers)?;
+    // The quote depends on the prompt's tokens as the model counts them.
+    let counted = state
+        .inference
+        .clone()
+        .count_tokens(CountTokensRequest {
+            model: chat.model.clone(),
+            messages: chat.messages.clone(),
+        })
+        .await?
+        .into_inner();
+    let resource = payment::resource_url(state.public_url.as_deref(), headers, path);
+    let quote = QuoteRequest {
+        model: chat.model.clone(),
+        prompt_tokens: counted.prompt_tokens,
+        max_tokens: chat
+            .sampling
+            .max_tokens
+            .unwrap_or(counted.default_max_tokens),
+        resource: resource.clone(),
+    };
+    let Some(payment_json) = presented else {
+        let quote = billing.clone().quote(quote).await?.into_inner();
+        return Ok(Gate::Refused(payment::required(
+            "X-PAYMENT or PAYMENT-SIGNATURE header is required",
+            &resource,
+            &quote.requirements_v1_json,
+            &quote.requirements_v2_json,
+        )));
+    };
+    let (events, outbound) = mpsc::channel(4);
+    let open = PaidCallEvent {
+        event: Some(Event::Open(AuthorizeRequest {
+            request_id: request_id.to_owned(),
+            payment_payload_json: payment_json,
+            quote: Some(quote),
+            stream: chat.stream,
+        })),
+    };
+    let _ = events.send(open).await;
+    let mut updates = billing
+        .clone()
+        .paid_call(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await?
+        .into_inner();
+    match updates.message().await? {
+        Some(PaidCallUpdate {
+            update: Some(Update::Authorized(verdict)),
+        }) if verdict.is_valid => Ok(Gate::Paid(Box::new(PaidSession {
+            events,
+            updates,
+            version: verdict.x402_version,
+            settled: None,
+        }))),
+        Some(PaidCallUpdate {
+            update: Some(Update::Authorized(verdict)),
+        }) => Ok(Gate::Refused(payment::required(
+            &verdict.invalid_reason,
+            &resource,
+            &verdict.requirements_v1_json,
+            &verdict.requirements_v2_json,
+        ))),
+        _ => {
+            Err(tonic::Status::unavailable("billing ended the paid call without a verdict").into())
+        }
+    }
+}
+
+/// An authorized call in progress. Dropped without `completed`, the call
+/// counts as not served and billing voids its authorization.
+pub struct PaidSession {
+    events: mpsc::Sender<PaidCallEvent>,
+    updates: Streaming<PaidCallUpdate>,
+    pub version: u32,
+    settled: Option<SettleResponse>,
+}
+
+impl PaidSession {
+    /// The x402 SettleResponse for the response header (waits for it in
+    /// sync settlement).
+    pub async fn settled(&mut self) -> Result<SettleResponse, ApiError> {
+        if let Some(settled) = &self.settled {
+            return Ok(settled.clone());
+        }
+        while let Some(update) = self.updates.message().await? {
+            if let Some(Update::Settled(settled)) = update.update {
+                self.settled = Some(settled.clone());
+                return Ok(settled);
+            }
+        }
+        Err(tonic::Status::unavailable("billing ended the paid call before settling").into())
+    }
+
+    /// The call was served.
+    pub async fn completed(&self, usage: TokenUsage, finish_reason: &str, engine: &str) {
+        let completed = PaidCallEvent {
+            event: Some(Event::Completed(Completed {
+                usage: Some(usage),
+                finish_reason: finish_reason.to_owned(),
+                engine: engine.to_owned(),
+            })),
+        };
+        let _ = self.events.send(completed).await;
+    }
+
+    /// The same, from a context that cannot wait (a dropped stream).
+    pub fn completed_now(&self, usage: TokenUsage, finish_reason: &str, engine: &str) {
+        let _ = self.events.try_send(PaidCallEvent {
+            event: Some(Event::Completed(Completed {
+                usage: Some(usage),
+                finish_reason: finish_reason.to_owned(),
+                engine: engine.to_owned(),
+            })),
+        });
+    }
+
+    /// Ends the call and waits until billing has recorded it.
+    pub async fn finish(self) -> Result<(), ApiError> {
+        let Self {
+            events,
+            mut updates,
+            ..
+        } = self;
+        drop(events);
+        while updates.message().await?.is_some() {}
+        Ok(())
+    }
+}
+
+/// 402 for a payment whose settlement failed: nothing was delivered.
+pub fn settlement_failed(session: &PaidSession, settled: &SettleResponse) -> Response {
+    let mut response = payment::required(&settled.error_reason, "", &[], &[]);
+    payment::set_response_header(&mut response, session.version, settled);
+    response
+}
