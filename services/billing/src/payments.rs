@@ -80,8 +80,8 @@ impl Payments {
         self.chains.iter().map(|c| &c.network)
     }
 
-    /// Every check of the spec, in its order; the nonce reservation in the
-    /// ledger comes last, so a refused payment leaves no record to undo.
+    /// Every check of the spec, in its order: the local ones (microseconds),
+    /// the nonce reservation in the ledger (one round trip), the funds.
     pub async fn authorize(
         &self,
         request_id: &str,
@@ -106,14 +106,6 @@ impl Payments {
                 Ok(v) => v,
                 Err(reason) => return Ok(Err(reason)),
             };
-        let amount = U256::from(offer.amount);
-        if let Err(reason) = self
-            .funds
-            .check(chain, verified.payer, verified.message.nonce, amount)
-            .await
-        {
-            return Ok(Err(reason));
-        }
         let message = &verified.message;
         let record = Authorization {
             request_id: request_id.to_owned(),
@@ -132,21 +124,29 @@ impl Payments {
             scheme: "exact".into(),
             x402_version: presented.version,
         };
-        let reserved = self.ledger.reserve(record).await;
-        if !matches!(reserved, Ok(Reservation::Reserved)) {
-            self.funds
-                .release(&chain.network.network, verified.payer, amount);
+        // The spec's order: the nonce (reserved atomically, so of 20 copies
+        // sent at once exactly one gets past here), then the funds.
+        if self.ledger.reserve(record).await? == Reservation::AlreadyUsed {
+            return Ok(Err(InvalidReason::NonceUsed));
         }
-        match reserved? {
-            Reservation::Reserved => Ok(Ok(Authorized {
-                request_id: request_id.to_owned(),
-                chain: chain.clone(),
-                version: presented.version,
-                payer: verified.payer,
-                amount: offer.amount,
-            })),
-            Reservation::AlreadyUsed => Ok(Err(InvalidReason::NonceUsed)),
+        let amount = U256::from(offer.amount);
+        if let Err(reason) = self
+            .funds
+            .check(chain, verified.payer, message.nonce, amount)
+            .await
+        {
+            // Refused after all: the reservation is voided (the nonce stays
+            // spent here; clients sign a fresh one for every attempt).
+            self.ledger.void(request_id, reason.as_str()).await?;
+            return Ok(Err(reason));
         }
+        Ok(Ok(Authorized {
+            request_id: request_id.to_owned(),
+            chain: chain.clone(),
+            version: presented.version,
+            payer: verified.payer,
+            amount: offer.amount,
+        }))
     }
 
     /// Sync settlement of one authorized call: claim it, settle it, record

@@ -76,8 +76,9 @@ impl Chain {
         }
     }
 
-    /// Sends the transaction with the next nonce; a send that fails leaves
-    /// the nonce to be re-read from the chain.
+    /// Sends the transaction with the next nonce. A send that fails leaves
+    /// the nonce to be re-read from the chain; one refused for its nonce
+    /// (another sender used it) is resent with a fresh one.
     async fn send(&self, auth: &SettleAuthorization) -> Result<B256, Outcome> {
         let call = Eip3009Token::transferWithAuthorizationCall {
             from: auth.from,
@@ -90,38 +91,47 @@ impl Chain {
             r: auth.signature.r().into(),
             s: auth.signature.s().into(),
         };
+        let input = call.abi_encode();
         let mut next = self.next_nonce.lock().await;
-        let nonce = match *next {
-            Some(nonce) => nonce,
-            None => self
-                .provider
-                .get_transaction_count(self.settler)
-                .pending()
-                .await
-                .map_err(|e| unknown(&e))?,
-        };
-        let tx = TransactionRequest::default()
-            .with_from(self.settler)
-            .with_to(auth.asset)
-            .with_input(call.abi_encode())
-            .with_nonce(nonce);
-        match self.provider.send_transaction(tx).await {
-            Ok(pending) => {
-                *next = Some(nonce + 1);
-                Ok(*pending.tx_hash())
-            }
-            Err(error) => {
-                *next = None;
-                Err(match error {
-                    // The node answered: the estimate (a simulation) reverted
-                    // or the transaction was refused. It will not get better.
-                    RpcError::ErrorResp(payload) => Outcome::Failed {
-                        reason: payload.message.to_string(),
-                    },
-                    other => unknown(&other),
-                })
+        for attempt in 1.. {
+            let nonce = match *next {
+                Some(nonce) => nonce,
+                None => self
+                    .provider
+                    .get_transaction_count(self.settler)
+                    .pending()
+                    .await
+                    .map_err(|e| unknown(&e))?,
+            };
+            let tx = TransactionRequest::default()
+                .with_from(self.settler)
+                .with_to(auth.asset)
+                .with_input(input.clone())
+                .with_nonce(nonce);
+            match self.provider.send_transaction(tx).await {
+                Ok(pending) => {
+                    *next = Some(nonce + 1);
+                    return Ok(*pending.tx_hash());
+                }
+                Err(error) => {
+                    *next = None;
+                    match error {
+                        // The estimate (a simulation) reverted: the token
+                        // refuses this authorization, and always will.
+                        RpcError::ErrorResp(payload) if payload.message.contains("revert") => {
+                            return Err(Outcome::Failed {
+                                reason: payload.message.to_string(),
+                            });
+                        }
+                        RpcError::ErrorResp(payload)
+                            if attempt < 3 && is_nonce_error(&payload.message) => {}
+                        // Anything else (our gas wallet, the node) may pass.
+                        other => return Err(unknown(&other)),
+                    }
+                }
             }
         }
+        unreachable!("the loop returns")
     }
 
     /// Polls for the receipt: quickly at first (dev chains mine at once),
@@ -175,6 +185,13 @@ impl Chain {
             Err(e) => unknown(&e),
         }
     }
+}
+
+fn is_nonce_error(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["nonce", "already known", "underpriced"]
+        .iter()
+        .any(|m| message.contains(m))
 }
 
 fn unknown(error: &RpcError<TransportErrorKind>) -> Outcome {
