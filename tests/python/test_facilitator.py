@@ -1,0 +1,68 @@
+"""Billing as a standard x402 facilitator (POST /verify, POST /settle,
+GET /supported on its port), for any seller's requirements on its networks."""
+import json
+import urllib.request
+
+from dev_chain import PAY_TO, TOKEN, balance, fund, sign, transfers
+
+SELLER = "0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc"  # some other x402 seller
+
+
+def call(url, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url + path, data, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return json.load(r)
+
+
+def requirements(amount):
+    return {"scheme": "exact", "network": "eip155:8453", "amount": str(amount), "asset": TOKEN,
+            "payTo": SELLER, "maxTimeoutSeconds": 60, "extra": {"name": "USD Coin", "version": "2"}}
+
+
+def request(payer, amount, offered=None, **fields):
+    offered = offered or requirements(amount)
+    message, signed = sign(payer, to=fields.pop("to", SELLER), value=fields.pop("value", amount), **fields)
+    payload = {
+        "x402Version": 2, "accepted": offered,
+        "payload": {"signature": "0x" + bytes(signed.signature).hex(), "authorization": {
+            "from": message["from"], "to": message["to"], "value": str(message["value"]),
+            "validAfter": str(message["validAfter"]), "validBefore": str(message["validBefore"]),
+            "nonce": "0x" + message["nonce"].hex()}},
+    }
+    return {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": offered}
+
+
+def test_supported_lists_exact_on_the_configured_network(cluster):
+    supported = call(cluster.billing_url, "/supported")
+    assert {"x402Version": 2, "scheme": "exact", "network": "eip155:8453"} in supported["kinds"]
+    assert {"x402Version": 1, "scheme": "exact", "network": "base"} in supported["kinds"]
+    assert supported["signers"]["eip155:8453"], supported
+
+
+def test_verify_then_settle_moves_the_sellers_amount_once(cluster):
+    payer = fund(cluster.chain_url, 50)
+    body = request(payer, 7)
+    verdict = call(cluster.billing_url, "/verify", body)
+    assert verdict == {"isValid": True, "payer": payer.address}
+    assert balance(cluster.chain_url, payer.address) == 50, "verifying moves nothing"
+    settled = call(cluster.billing_url, "/settle", body)
+    assert settled["success"] is True and settled["network"] == "eip155:8453", settled
+    assert transfers(cluster.chain_url, settled["transaction"]) == [(payer.address.lower(), SELLER.lower(), 7)]
+    again = call(cluster.billing_url, "/settle", body)
+    assert again["success"] is False and again["errorReason"] == "invalid_exact_evm_nonce_already_used"
+    assert balance(cluster.chain_url, payer.address) == 43
+
+
+def test_verify_gives_the_reason_for_a_bad_payment(cluster):
+    payer = fund(cluster.chain_url, 5)
+    for body, reason in [
+        (request(payer, 7), "insufficient_funds"),
+        (request(payer, 3, value=2), "invalid_exact_evm_payload_authorization_value"),
+        (request(payer, 3, to=PAY_TO), "invalid_exact_evm_payload_recipient_mismatch"),
+        ({**request(payer, 3), "paymentRequirements": {**requirements(3), "network": "eip155:1"}},
+         "invalid_network"),
+    ]:
+        verdict = call(cluster.billing_url, "/verify", body)
+        assert verdict["isValid"] is False and verdict["invalidReason"] == reason, (reason, verdict)
+    assert balance(cluster.chain_url, payer.address) == 5
