@@ -115,6 +115,13 @@ def sync_cluster():
 
 
 @pytest.fixture(scope="session")
+def facilitated_cluster():
+    """A cluster whose billing verifies and settles through an external
+    facilitator (billing's own HTTP facilitator API, sync settlement)."""
+    yield from run_cluster("--settlement", "sync", "--facilitator-url", "self")
+
+
+@pytest.fixture(scope="session")
 def edge_url(cluster):
     return cluster.edge_url
 

@@ -66,3 +66,21 @@ def test_verify_gives_the_reason_for_a_bad_payment(cluster):
         verdict = call(cluster.billing_url, "/verify", body)
         assert verdict["isValid"] is False and verdict["invalidReason"] == reason, (reason, verdict)
     assert balance(cluster.chain_url, payer.address) == 5
+
+
+def test_an_external_facilitator_verifies_and_settles_paid_calls(facilitated_cluster):
+    """Billing switched to an external facilitator (here: billing's own
+    facilitator API over HTTP, as any other would be reached)."""
+    from x402_helpers import BODY, assert_pays_to, pay, receipt, unb64json, v2_payment
+    url, chain = facilitated_cluster.edge_url, facilitated_cluster.chain_url
+    payer = fund(chain, 10)
+    status, headers, body = pay(url, v2_payment(payer, url))
+    assert status == 200, body
+    settle = unb64json(headers["PAYMENT-RESPONSE"])
+    assert settle["success"] is True and settle["transaction"].startswith("0x"), settle
+    assert_pays_to(transfers(chain, settle["transaction"]), payer.address, 1)
+    assert receipt(url, headers["x-rungate-receipt"])["settlement"]["status"] == "settled"
+    broke = fund(chain, 0)
+    status, _, body = pay(url, v2_payment(broke, url))
+    assert status == 402 and body["error"] == "insufficient_funds", body
+    assert balance(chain, payer.address) == 9

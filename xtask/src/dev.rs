@@ -34,6 +34,10 @@ pub struct DevArgs {
     /// Serve without payments (no 402s).
     #[arg(long)]
     free: bool,
+    /// Verify and settle through this x402 facilitator; `self` uses
+    /// billing's own facilitator API over HTTP, as an external one would be.
+    #[arg(long)]
+    facilitator_url: Option<String>,
 }
 
 impl DevArgs {
@@ -46,6 +50,7 @@ impl DevArgs {
             smoke: true,
             settlement: "deferred".into(),
             free: false,
+            facilitator_url: None,
         }
     }
 }
@@ -152,6 +157,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         env.push(("RUNGATE_NETWORKS", crate::chain::networks_toml(&chain_url)));
         env.push(("RUNGATE_SETTLEMENT_KEY", crate::chain::SETTLER_KEY.into()));
         env.push(("RUNGATE_SETTLEMENT", args.settlement.clone()));
+        match args.facilitator_url.as_deref() {
+            Some("self") => env.push(("RUNGATE_FACILITATOR_URL", url(billing_port))),
+            Some(other) => env.push(("RUNGATE_FACILITATOR_URL", other.to_owned())),
+            None => {}
+        }
         services.push(spawn(&bin, "rungate-billing", &env)?);
 
         let mut env = common("RUNGATE_INFERENCE_LISTEN", inference_port);

@@ -70,6 +70,11 @@ pub struct Config {
           value_parser = rungate_common::args::parse_duration)]
     pub settle_interval: Duration,
 
+    /// Verify and settle through this x402 facilitator (its /verify and
+    /// /settle) instead of locally. Nonces are still reserved in the ledger.
+    #[arg(long, env = "RUNGATE_FACILITATOR_URL")]
+    pub facilitator_url: Option<String>,
+
     /// How long in-flight calls may run after shutdown begins.
     #[arg(long, env = "RUNGATE_DRAIN_TIMEOUT", default_value = "10s",
           value_parser = rungate_common::args::parse_duration)]
@@ -91,6 +96,7 @@ impl Default for Config {
             balance_ttl: Duration::from_secs(2),
             receipt_timeout: Duration::from_secs(30),
             settle_interval: Duration::from_millis(500),
+            facilitator_url: None,
             drain_timeout: Duration::from_secs(10),
         }
     }

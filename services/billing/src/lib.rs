@@ -11,6 +11,7 @@ mod ledger;
 mod paid_call;
 mod payments;
 pub mod pricing;
+pub mod remote;
 mod service;
 pub mod x402;
 
@@ -77,7 +78,16 @@ fn payments(config: &Config) -> Result<Option<Arc<payments::Payments>>, BillingE
         .map(|n| chain::Chain::connect(n, signer.clone(), config.receipt_timeout).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     tracing::info!(settler = %signer.address(), "settlement signer loaded");
+    let remote = match &config.facilitator_url {
+        Some(url) => {
+            tracing::info!(%url, "verifying and settling through an external facilitator");
+            Some(remote::RemoteFacilitator::new(url)?)
+        }
+        None => None,
+    };
     Ok(Some(Arc::new(payments::Payments {
+        networks: chains.iter().map(|c| c.network.clone()).collect(),
+        remote,
         chains,
         ledger: ledger::Ledger::connect(&config.ledger_url)?,
         funds: funds::Funds::new(config.chain_reads, config.balance_ttl),

@@ -17,6 +17,7 @@ use crate::chain::{Chain, Outcome, SettleAuthorization};
 use crate::config::SettlementMode;
 use crate::funds::Funds;
 use crate::ledger::{Ledger, Reservation};
+use crate::remote::RemoteFacilitator;
 use crate::x402::InvalidReason;
 use crate::x402::networks::{Network, Offer};
 use crate::x402::{exact_evm, payment};
@@ -26,6 +27,10 @@ const CLAIM_BATCH: u32 = 64;
 
 pub struct Payments {
     pub chains: Vec<Arc<Chain>>,
+    /// The chains' networks, in the same order.
+    pub networks: Vec<Network>,
+    /// Verify and settle through an external facilitator instead of locally.
+    pub remote: Option<RemoteFacilitator>,
     pub ledger: Ledger,
     pub funds: Arc<Funds>,
     pub mode: SettlementMode,
@@ -89,8 +94,7 @@ impl Payments {
         offer: &Offer<'_>,
         now: u64,
     ) -> Result<Result<Authorized, InvalidReason>, BillingError> {
-        let networks: Vec<Network> = self.networks().cloned().collect();
-        let presented = match payment::parse(payment_json, &networks, offer) {
+        let presented = match payment::parse(payment_json, &self.networks, offer) {
             Ok(p) => p,
             Err(reason) => return Ok(Err(reason)),
         };
@@ -101,11 +105,17 @@ impl Payments {
         else {
             return Ok(Err(InvalidReason::Network));
         };
-        let verified =
-            match exact_evm::verify(&presented.payload, &presented.expected(offer.amount), now) {
-                Ok(v) => v,
-                Err(reason) => return Ok(Err(reason)),
-            };
+        let verified = match &self.remote {
+            None => exact_evm::verify(&presented.payload, &presented.expected(offer.amount), now),
+            Some(remote) => {
+                self.verify_remotely(remote, &presented, payment_json, offer)
+                    .await
+            }
+        };
+        let verified = match verified {
+            Ok(v) => v,
+            Err(reason) => return Ok(Err(reason)),
+        };
         let message = &verified.message;
         let record = Authorization {
             request_id: request_id.to_owned(),
@@ -130,11 +140,16 @@ impl Payments {
             return Ok(Err(InvalidReason::NonceUsed));
         }
         let amount = U256::from(offer.amount);
-        if let Err(reason) = self
-            .funds
-            .check(chain, verified.payer, message.nonce, amount)
-            .await
-        {
+        // An external facilitator has checked the funds already.
+        let funds = match self.remote {
+            None => {
+                self.funds
+                    .check(chain, verified.payer, message.nonce, amount)
+                    .await
+            }
+            Some(_) => Ok(()),
+        };
+        if let Err(reason) = funds {
             // Refused after all: the reservation is voided (the nonce stays
             // spent here; clients sign a fresh one for every attempt).
             self.ledger.void(request_id, reason.as_str()).await?;
@@ -147,6 +162,27 @@ impl Payments {
             payer: verified.payer,
             amount: offer.amount,
         }))
+    }
+
+    /// The external facilitator's verdict on the offer this payment chose;
+    /// the authorization is decoded (not verified) here for the ledger.
+    async fn verify_remotely(
+        &self,
+        remote: &RemoteFacilitator,
+        presented: &payment::Presented<'_>,
+        payment_json: &str,
+        offer: &Offer<'_>,
+    ) -> Result<exact_evm::Verified, InvalidReason> {
+        let decoded = exact_evm::decode(&presented.payload)?;
+        let payment: serde_json::Value =
+            serde_json::from_str(payment_json).map_err(|_| InvalidReason::Payload)?;
+        let requirements = if presented.version == 1 {
+            presented.network.requirement_v1(offer)
+        } else {
+            presented.network.requirement_v2(offer)
+        };
+        remote.verify(&payment, &requirements).await?;
+        Ok(decoded)
     }
 
     /// Sync settlement of one authorized call: claim it, settle it, record
@@ -209,8 +245,10 @@ impl Payments {
         authorization: &Authorization,
     ) -> Result<Outcome, BillingError> {
         let request_id = &authorization.request_id;
-        let outcome = match to_settle(authorization) {
-            Ok(auth) => {
+        let outcome = match (to_settle(authorization), &self.remote) {
+            (Err(reason), _) => Outcome::Failed { reason },
+            (Ok(_), Some(remote)) => remote.settle(&chain.network, authorization).await,
+            (Ok(auth), None) => {
                 let outcome = chain.settle(&auth).await;
                 if !matches!(outcome, Outcome::Unknown { .. }) {
                     self.funds
@@ -218,7 +256,6 @@ impl Payments {
                 }
                 outcome
             }
-            Err(reason) => Outcome::Failed { reason },
         };
         let update = match &outcome {
             Outcome::Settled { tx_hash, block } => SettlementUpdate {

@@ -77,12 +77,9 @@ fn uint(text: &str) -> Result<U256, InvalidReason> {
         .map_err(|_| InvalidReason::Payload)
 }
 
-/// Verifies `payload` against what we `expected`, at unix time `now`.
-pub fn verify(
-    payload: &ExactEvmPayload,
-    expected: &Expected,
-    now: u64,
-) -> Result<Verified, InvalidReason> {
+/// Decodes the authorization and signature without checking them (for an
+/// external facilitator to check); `payer` is the claimed `from`.
+pub fn decode(payload: &ExactEvmPayload) -> Result<Verified, InvalidReason> {
     let fields = &payload.authorization;
     let message = TransferWithAuthorization {
         from: address(&fields.from)?,
@@ -98,6 +95,22 @@ pub fn verify(
     let bytes =
         alloy_primitives::hex::decode(&payload.signature).map_err(|_| InvalidReason::Payload)?;
     let signature = Signature::try_from(bytes.as_slice()).map_err(|_| InvalidReason::Signature)?;
+    Ok(Verified {
+        payer: message.from,
+        message,
+        signature,
+    })
+}
+
+/// Verifies `payload` against what we `expected`, at unix time `now`.
+pub fn verify(
+    payload: &ExactEvmPayload,
+    expected: &Expected,
+    now: u64,
+) -> Result<Verified, InvalidReason> {
+    let Verified {
+        message, signature, ..
+    } = decode(payload)?;
     // A high-s signature is a malleated copy of a valid one: refuse it, as the token does.
     if signature.normalize_s().is_some() {
         return Err(InvalidReason::Signature);

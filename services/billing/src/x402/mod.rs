@@ -40,6 +40,30 @@ pub enum InvalidReason {
 }
 
 impl InvalidReason {
+    const ALL: [InvalidReason; 13] = [
+        InvalidReason::Version,
+        InvalidReason::Scheme,
+        InvalidReason::Network,
+        InvalidReason::Requirements,
+        InvalidReason::Payload,
+        InvalidReason::Signature,
+        InvalidReason::Recipient,
+        InvalidReason::ValidAfter,
+        InvalidReason::ValidBefore,
+        InvalidReason::Value,
+        InvalidReason::NonceUsed,
+        InvalidReason::InsufficientFunds,
+        InvalidReason::Unexpected,
+    ];
+
+    /// A reason from another implementation (an external facilitator).
+    pub fn parse(reason: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == reason)
+            .unwrap_or(InvalidReason::Unexpected)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             InvalidReason::Version => "invalid_x402_version",
