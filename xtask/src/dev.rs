@@ -154,8 +154,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             args.prices_file.display().to_string(),
         ));
         env.push(("RUNGATE_LEDGER_URL", url(ledger_port)));
-        env.push(("RUNGATE_NETWORKS", crate::chain::networks_toml(&chain_url)));
-        env.push(("RUNGATE_SETTLEMENT_KEY", crate::chain::SETTLER_KEY.into()));
+        env.push((
+            "RUNGATE_NETWORKS",
+            rungate_tests::chain::networks_toml(&chain_url),
+        ));
+        env.push((
+            "RUNGATE_SETTLEMENT_KEY",
+            rungate_tests::chain::SETTLER_KEY.into(),
+        ));
         env.push(("RUNGATE_SETTLEMENT", args.settlement.clone()));
         match args.facilitator_url.as_deref() {
             Some("self") => env.push(("RUNGATE_FACILITATOR_URL", url(billing_port))),
@@ -190,7 +196,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let outcome = started.and_then(|()| {
         runtime.block_on(async {
             eprintln!("starting the dev chain…");
-            let dev_chain = crate::chain::start(&root, chain_port).await?;
+            let dev_chain = rungate_tests::chain::start(&root, chain_port).await?;
             let (rpc_url, token) = (dev_chain.rpc_url.clone(), dev_chain.token.clone());
             chain = Some(dev_chain);
             for port in [ledger_port, billing_port, inference_port] {
@@ -265,7 +271,7 @@ async fn first_model(edge: &str) -> anyhow::Result<Option<String>> {
 }
 
 fn chain_banner(rpc_url: &str, token: &str, edge: &str, model: Option<&str>, free: bool) {
-    use crate::chain::{CHAIN_ID, PAY_TO, PAYER, PAYER_KEY};
+    use rungate_tests::chain::{CHAIN_ID, PAY_TO, PAYER, PAYER_KEY};
     let model = model.unwrap_or("<model id>");
     eprintln!(
         r#"Dev chain (anvil, chain id {CHAIN_ID}, a local stand-in for Base):

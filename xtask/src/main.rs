@@ -3,7 +3,6 @@
 
 mod bench;
 mod bench_ledger;
-mod chain;
 mod dev;
 mod test;
 

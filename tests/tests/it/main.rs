@@ -9,6 +9,7 @@ mod health;
 mod ledger;
 mod local_chat;
 mod local_engine;
+mod payments;
 mod queue;
 mod receipts;
 mod shutdown;

@@ -1,4 +1,5 @@
-//! The dev chain for `cargo xtask dev`: anvil (npm @foundry-rs/anvil-linux-amd64)
+//! The dev chain for `cargo xtask dev`, the paid tests and the payment
+//! benchmark: anvil (npm @foundry-rs/anvil-linux-amd64)
 //! as Base (chain id 8453), the EIP-3009 test token (contracts/UsdCoin.sol,
 //! prebuilt in contracts/build) deployed from anvil's first account, and a
 //! demo payer (anvil's second account) funded with 1,000 USDC.
@@ -30,6 +31,54 @@ pub struct DevChain {
     pub anvil: Child,
 }
 
+impl Drop for DevChain {
+    fn drop(&mut self) {
+        let _ = self.anvil.kill();
+        let _ = self.anvil.wait();
+    }
+}
+
+/// The repository root (where contracts/ lives).
+pub fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// `who`'s balance of the dev token, in atomic units.
+pub async fn balance(url: &str, who: &str) -> anyhow::Result<u128> {
+    let data = format!(
+        "0x70a08231{:0>64}",
+        who.trim_start_matches("0x").to_ascii_lowercase()
+    );
+    let out = rpc(
+        &reqwest::Client::new(),
+        url,
+        "eth_call",
+        json!([{"to": TOKEN, "data": data}, "latest"]),
+    )
+    .await?;
+    let hex = out.as_str().context("balanceOf result")?;
+    Ok(u128::from_str_radix(hex.trim_start_matches("0x"), 16)?)
+}
+
+/// Mints `amount` of the dev token to `to` (the deployer owns the token).
+pub async fn mint(url: &str, to: &str, amount: u128) -> anyhow::Result<()> {
+    let data = format!(
+        "0x40c10f19{:0>64}{:064x}",
+        to.trim_start_matches("0x").to_ascii_lowercase(),
+        amount
+    );
+    transact(
+        &reqwest::Client::new(),
+        url,
+        json!({"from": DEPLOYER, "to": TOKEN, "data": data}),
+    )
+    .await?;
+    Ok(())
+}
+
 fn anvil_binary(root: &Path) -> anyhow::Result<std::path::PathBuf> {
     let bin = root.join("contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
     if bin.is_file() {
@@ -47,7 +96,7 @@ fn anvil_binary(root: &Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(bin)
 }
 
-async fn rpc(
+pub async fn rpc(
     client: &reqwest::Client,
     url: &str,
     method: &str,
@@ -67,7 +116,7 @@ async fn rpc(
 }
 
 /// Sends a transaction from an unlocked anvil account and waits for its receipt.
-async fn transact(client: &reqwest::Client, url: &str, tx: Value) -> anyhow::Result<Value> {
+pub async fn transact(client: &reqwest::Client, url: &str, tx: Value) -> anyhow::Result<Value> {
     let hash = rpc(client, url, "eth_sendTransaction", json!([tx])).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -96,13 +145,19 @@ pub async fn start(root: &Path, port: u16) -> anyhow::Result<DevChain> {
         ])
         .args(["--host", "127.0.0.1", "--silent"])
         .stdout(Stdio::null());
-    rungate_tests::postgres::die_with_parent(&mut command);
+    crate::postgres::die_with_parent(&mut command);
     {
         use std::os::unix::process::CommandExt;
         command.process_group(0);
     }
     let anvil = command.spawn().context("starting anvil")?;
-    let rpc_url = format!("http://127.0.0.1:{port}");
+    // From here on, dropping `chain` (an error below included) stops anvil.
+    let mut chain = DevChain {
+        rpc_url: format!("http://127.0.0.1:{port}"),
+        token: String::new(),
+        anvil,
+    };
+    let rpc_url = chain.rpc_url.clone();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while rpc(&client, &rpc_url, "eth_chainId", json!([]))
@@ -143,11 +198,8 @@ pub async fn start(root: &Path, port: u16) -> anyhow::Result<DevChain> {
         json!({"from": DEPLOYER, "to": token, "data": mint}),
     )
     .await?;
-    Ok(DevChain {
-        rpc_url,
-        token,
-        anvil,
-    })
+    chain.token = token;
+    Ok(chain)
 }
 
 /// Billing's payment network for the dev chain (TOML for RUNGATE_NETWORKS).

@@ -1,0 +1,124 @@
+//! A paid stack for tests and benchmarks: its own dev chain (anvil), ledger
+//! (on a fresh database, so no other billing's worker claims its
+//! settlements), billing and paid edge, over a given inference service.
+//! Billing reads the chain through a switchable proxy, so a test can take
+//! its RPC down.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::chain::{self, DevChain};
+use crate::chain_proxy::ChainProxy;
+
+pub struct PaidStack {
+    pub edge_url: String,
+    pub billing_url: String,
+    /// The chain itself (tests read it here, whatever the proxy's state).
+    pub chain_url: String,
+    /// What billing talks to.
+    pub proxy: ChainProxy,
+    pub chain: DevChain,
+}
+
+/// How the stack's billing settles.
+pub struct PaidOptions {
+    pub settlement: rungate_billing::config::SettlementMode,
+    pub receipt_timeout: Duration,
+    pub settle_interval: Duration,
+}
+
+impl Default for PaidOptions {
+    fn default() -> Self {
+        Self {
+            settlement: rungate_billing::config::SettlementMode::Deferred,
+            receipt_timeout: Duration::from_secs(2),
+            settle_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A new, empty database on the server of `url`; its URL.
+async fn fresh_database(url: &str) -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let name = format!("paid_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(url).await?;
+    // The name is ours (hex), not input: safe to put in the statement.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    let (server, _) = url
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("database URL without a database: {url}"))?;
+    Ok(format!("{server}/{name}"))
+}
+
+async fn bind() -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+impl PaidStack {
+    /// Starts anvil, billing and a paid edge on the current runtime; they
+    /// stop with it (anvil with this value).
+    pub async fn start(
+        inference_url: &str,
+        database_url: &str,
+        options: PaidOptions,
+    ) -> anyhow::Result<Self> {
+        let database_url = fresh_database(database_url).await?;
+        let (listener, ledger_addr) = bind().await?;
+        let ledger = rungate_ledger::Config::new(&database_url);
+        tokio::spawn(async move {
+            if let Err(error) =
+                rungate_ledger::serve(listener, ledger, std::future::pending()).await
+            {
+                eprintln!("paid ledger stopped: {error:#}");
+            }
+        });
+        let ledger_url = format!("http://{ledger_addr}");
+        let ledger_url = ledger_url.as_str();
+        crate::cluster::wait_serving(ledger_url).await?;
+
+        let port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
+        let chain = chain::start(&chain::repo_root(), port).await?;
+        let proxy = ChainProxy::start(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+
+        let (listener, billing_addr) = bind().await?;
+        let billing = rungate_billing::Config {
+            networks_toml: Some(chain::networks_toml(&proxy.url)),
+            ledger_url: ledger_url.to_owned(),
+            settlement_key: Some(rungate_billing::config::Redacted(chain::SETTLER_KEY.into())),
+            settlement: options.settlement,
+            receipt_timeout: options.receipt_timeout,
+            settle_interval: options.settle_interval,
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            if let Err(error) =
+                rungate_billing::serve(listener, billing, std::future::pending()).await
+            {
+                eprintln!("paid billing stopped: {error:#}");
+            }
+        });
+        let billing_url = format!("http://{billing_addr}");
+        crate::cluster::wait_serving(&billing_url).await?;
+
+        let (listener, edge_addr) = bind().await?;
+        let edge = rungate_edge::Config::new(inference_url, ledger_url).with_billing(&billing_url);
+        tokio::spawn(async move {
+            if let Err(error) = rungate_edge::serve(listener, edge, std::future::pending()).await {
+                eprintln!("paid edge stopped: {error:#}");
+            }
+        });
+        Ok(Self {
+            edge_url: format!("http://{edge_addr}"),
+            billing_url,
+            chain_url: chain.rpc_url.clone(),
+            proxy,
+            chain,
+        })
+    }
+}

@@ -1,0 +1,84 @@
+//! Paying like an x402 client: an EIP-3009 TransferWithAuthorization signed
+//! with alloy for an offer from RunGate's 402, as the v2 PAYMENT-SIGNATURE
+//! header value.
+
+use alloy_primitives::{B256, U256};
+use alloy_signer::SignerSync;
+use alloy_signer_local::PrivateKeySigner;
+use alloy_sol_types::{Eip712Domain, SolStruct};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rungate_billing::x402::exact_evm::TransferWithAuthorization;
+use serde_json::{Value, json};
+
+/// The v2 PaymentRequired in a 402's `PAYMENT-REQUIRED` header.
+pub fn payment_required(headers: &http::HeaderMap) -> anyhow::Result<Value> {
+    let header = headers
+        .get("payment-required")
+        .ok_or_else(|| anyhow::anyhow!("no PAYMENT-REQUIRED header"))?;
+    Ok(serde_json::from_slice(
+        &STANDARD.decode(header.as_bytes())?,
+    )?)
+}
+
+/// A PAYMENT-SIGNATURE for the first offer of `required`, valid for
+/// `valid_for` seconds from `now`, with a random nonce.
+pub fn pay(
+    payer: &PrivateKeySigner,
+    required: &Value,
+    now: u64,
+    valid_for: u64,
+) -> anyhow::Result<String> {
+    let offer = &required["accepts"][0];
+    let field = |key: &str| {
+        offer[key]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("offer has no {key}"))
+    };
+    let message = TransferWithAuthorization {
+        from: payer.address(),
+        to: field("payTo")?.parse()?,
+        value: U256::from_str_radix(field("amount")?, 10)?,
+        validAfter: U256::ZERO,
+        validBefore: U256::from(now + valid_for),
+        nonce: B256::from(rand::random::<[u8; 32]>()),
+    };
+    let chain_id: u64 = field("network")?.trim_start_matches("eip155:").parse()?;
+    let domain = Eip712Domain::new(
+        Some(
+            offer["extra"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+                .into(),
+        ),
+        Some(
+            offer["extra"]["version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+                .into(),
+        ),
+        Some(U256::from(chain_id)),
+        Some(field("asset")?.parse()?),
+        None,
+    );
+    let signature = payer.sign_hash_sync(&message.eip712_signing_hash(&domain))?;
+    let payment = json!({
+        "x402Version": 2,
+        "resource": required["resource"],
+        "accepted": offer,
+        "payload": {
+            "signature": format!("0x{}", alloy_primitives::hex::encode(signature.as_bytes())),
+            "authorization": {
+                "from": message.from.to_checksum(None),
+                "to": message.to.to_checksum(None),
+                "value": message.value.to_string(),
+                "validAfter": "0",
+                "validBefore": message.validBefore.to_string(),
+                "nonce": message.nonce.to_string(),
+            },
+        },
+    });
+    Ok(STANDARD.encode(payment.to_string()))
+}
