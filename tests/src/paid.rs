@@ -15,6 +15,7 @@ use crate::chain_proxy::ChainProxy;
 pub struct PaidStack {
     pub edge_url: String,
     pub billing_url: String,
+    pub ledger_url: String,
     /// The chain itself (tests read it here, whatever the proxy's state).
     pub chain_url: String,
     /// What billing talks to.
@@ -79,8 +80,7 @@ impl PaidStack {
             }
         });
         let ledger_url = format!("http://{ledger_addr}");
-        let ledger_url = ledger_url.as_str();
-        crate::cluster::wait_serving(ledger_url).await?;
+        crate::cluster::wait_serving(&ledger_url).await?;
 
         let port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
         let chain = chain::start(&chain::repo_root(), port).await?;
@@ -89,7 +89,7 @@ impl PaidStack {
         let (listener, billing_addr) = bind().await?;
         let billing = rungate_billing::Config {
             networks_toml: Some(chain::networks_toml(&proxy.url)),
-            ledger_url: ledger_url.to_owned(),
+            ledger_url: ledger_url.clone(),
             settlement_key: Some(rungate_billing::config::Redacted(chain::SETTLER_KEY.into())),
             settlement: options.settlement,
             receipt_timeout: options.receipt_timeout,
@@ -107,7 +107,7 @@ impl PaidStack {
         crate::cluster::wait_serving(&billing_url).await?;
 
         let (listener, edge_addr) = bind().await?;
-        let edge = rungate_edge::Config::new(inference_url, ledger_url).with_billing(&billing_url);
+        let edge = rungate_edge::Config::new(inference_url, &ledger_url).with_billing(&billing_url);
         tokio::spawn(async move {
             if let Err(error) = rungate_edge::serve(listener, edge, std::future::pending()).await {
                 eprintln!("paid edge stopped: {error:#}");
@@ -116,6 +116,7 @@ impl PaidStack {
         Ok(Self {
             edge_url: format!("http://{edge_addr}"),
             billing_url,
+            ledger_url,
             chain_url: chain.rpc_url.clone(),
             proxy,
             chain,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_ledger;
+mod bench_paid;
 mod dev;
 mod test;
 
@@ -25,6 +26,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Measure ledger write throughput and ack latency at several batch sizes.
     BenchLedger(bench_ledger::LedgerBenchArgs),
+    /// Measure what x402 payment adds to a call (latency and calls/s).
+    BenchPaid(bench_paid::PaidBenchArgs),
 }
 
 /// A cargo command without the variables `cargo run` set for this process:
@@ -63,7 +66,10 @@ fn in_release() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if cfg!(debug_assertions) && matches!(cli.task, Task::Bench(_) | Task::BenchLedger(_)) {
+    if cfg!(debug_assertions) && matches!(
+            cli.task,
+            Task::Bench(_) | Task::BenchLedger(_) | Task::BenchPaid(_)
+        ) {
         return in_release();
     }
     match cli.task {
@@ -71,5 +77,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(args),
         Task::Bench(args) => bench::run(args),
         Task::BenchLedger(args) => bench_ledger::run(args),
+        Task::BenchPaid(args) => bench_paid::run(args),
     }
 }

@@ -172,3 +172,25 @@ impl std::str::FromStr for Redacted {
         Ok(Self(s.to_owned()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_settlement_key_never_shows_in_debug_output() {
+        let key = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
+        let config = Config {
+            settlement_key: Some(Redacted(key.into())),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(&key[4..20]), "{shown}");
+        assert!(shown.contains("<redacted>"));
+        let signer = config.settlement_signer().expect("key");
+        assert_eq!(
+            signer.address().to_checksum(None),
+            "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+        );
+    }
+}

@@ -62,6 +62,9 @@ pay_to = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
             .into(),
         ),
         prices_toml: Some("[default]\nper_call = \"1\"\nper_completion_token = \"0.5\"".into()),
+        settlement_key: Some(rungate_billing::config::Redacted(
+            rungate_tests::chain::SETTLER_KEY.into(),
+        )),
         ..rungate_billing::Config::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -100,4 +103,19 @@ pay_to = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
     assert_eq!(v2["payTo"], "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC");
     stop.send(()).expect("running");
     server.await.expect("join").expect("clean exit");
+}
+
+#[tokio::test]
+async fn payment_networks_without_a_settlement_key_refuse_to_start() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let config = rungate_billing::Config {
+        networks_toml: Some(rungate_tests::chain::networks_toml("http://127.0.0.1:9")),
+        ..rungate_billing::Config::default()
+    };
+    let error = rungate_billing::serve(listener, config, std::future::pending())
+        .await
+        .expect_err("no key");
+    assert!(error.to_string().contains("settlement key"), "{error}");
 }
