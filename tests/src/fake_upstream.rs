@@ -8,6 +8,7 @@
 //! - `/drop/v1`: sends two words, then closes the connection without finishing.
 //!
 //! - `/trickle/v1`: like `ok`, 100 ms between chunks.
+//! - `/fast/v1`: like `ok`, without the 2 ms between chunks (benchmarks).
 //! - `/stall/v1`: sends two words, then nothing for 5 s.
 //!
 //! Every request it receives is kept (body and `traceparent`), so tests can
@@ -83,6 +84,9 @@ impl FakeUpstream {
             .route("/{mode}/v1/chat/completions", post(completions))
             .with_state(self.clone());
         tokio::spawn(async move {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
     }
@@ -196,7 +200,11 @@ async fn completions(
                       "total_tokens": prompt_tokens as usize + pieces.len()}}),
         );
     }
-    let pause = Duration::from_millis(if mode == "trickle" { 100 } else { 2 });
+    let pause = Duration::from_millis(match mode.as_str() {
+        "trickle" => 100,
+        "fast" => 0,
+        _ => 2,
+    });
     let stall = mode == "stall";
     let stream = futures::stream::iter(
         frames
@@ -210,7 +218,9 @@ async fn completions(
         } else {
             pause
         };
-        tokio::time::sleep(pause).await;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
         Ok::<_, std::io::Error>(Bytes::from(format!("data: {data}\n\n")))
     })
     .chain(futures::stream::iter(

@@ -74,7 +74,7 @@ pub async fn serve(
             },
         ))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming(listener), async {
             let _ = stopped.await;
         });
     tokio::pin!(server);
@@ -103,6 +103,19 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// Accepted connections without Nagle: stream messages are small and must
+/// not wait for the peer's delayed ACK.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// A channel that connects on first use and reconnects by itself, so services

@@ -28,6 +28,13 @@ pub async fn serve(
     let app = routes::router(state, &config);
     tracing::info!(addr = %listener.local_addr()?, "edge serving");
     let (drain_started, drain_begun) = tokio::sync::oneshot::channel::<()>();
+    // No Nagle: small writes (SSE chunks, short JSON answers) go out at
+    // once instead of waiting for the client's delayed ACK (up to 40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = drain_started.send(());
