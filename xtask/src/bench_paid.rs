@@ -30,7 +30,8 @@ pub struct PaidBenchArgs {
     seconds: u64,
 }
 
-const BODY: &str = r#"{"model":"fake-echo","messages":[{"role":"user","content":"benchmark me"}],"max_tokens":4}"#;
+const BODY: &str =
+    r#"{"model":"fake-echo","messages":[{"role":"user","content":"benchmark me"}],"max_tokens":4}"#;
 
 pub fn run(args: PaidBenchArgs) -> anyhow::Result<()> {
     let mut postgres = Postgres::start(true)?;
@@ -167,7 +168,10 @@ async fn call(client: &reqwest::Client, url: &str, payment: Option<&str>) -> any
     let status = response.status();
     let body = response.bytes().await?;
     if status != 200 {
-        anyhow::bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body));
+        anyhow::bail!(
+            "{url} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     Ok(started.elapsed().as_secs_f64() * 1e3)
 }
@@ -182,8 +186,12 @@ async fn throughput(
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let workers: Vec<_> = (0..args.concurrency)
         .map(|_| {
-            let (client, url, done, payments) =
-                (client.clone(), url.to_owned(), done.clone(), payments.clone());
+            let (client, url, done, payments) = (
+                client.clone(),
+                url.to_owned(),
+                done.clone(),
+                payments.clone(),
+            );
             tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let payment = match &payments {

@@ -66,10 +66,12 @@ fn in_release() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if cfg!(debug_assertions) && matches!(
+    if cfg!(debug_assertions)
+        && matches!(
             cli.task,
             Task::Bench(_) | Task::BenchLedger(_) | Task::BenchPaid(_)
-        ) {
+        )
+    {
         return in_release();
     }
     match cli.task {

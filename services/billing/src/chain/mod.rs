@@ -29,6 +29,19 @@ sol! {
     }
 }
 
+/// An error and its causes ("error sending request: … : connection refused"):
+/// transport errors say little at the top.
+pub fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Why a chain read failed: the RPC, not the payment.
 #[derive(Debug, thiserror::Error)]
 #[error("chain read failed: {0}")]
@@ -54,6 +67,9 @@ impl Chain {
             .rpc_url
             .parse()
             .map_err(|e| BillingError::Config(format!("rpc_url `{}`: {e}", network.rpc_url)))?;
+        // https RPCs: rustls needs a process-wide crypto provider (ring);
+        // installing it again (another chain, another test) is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let settler = signer.address();
         // Gas limit and EIP-1559 fees are estimated per transaction (the
         // estimate doubles as a simulation); nonces are ours (`next_nonce`).
@@ -88,7 +104,7 @@ impl Chain {
         self.provider
             .call(tx)
             .await
-            .map_err(|e| ReadError(e.to_string()))
+            .map_err(|e| ReadError(with_sources(&e)))
     }
 
     pub async fn balance(&self, account: Address) -> Result<U256, ReadError> {
@@ -122,5 +138,47 @@ impl Chain {
             .await?;
         Eip3009Token::authorizationStateCall::abi_decode_returns(&out)
             .map_err(|e| ReadError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::x402::networks::NetworksFile;
+
+    #[tokio::test]
+    async fn https_rpc_urls_are_spoken_over_tls() {
+        // A local port that speaks no TLS: the failure must come from the
+        // TLS handshake or the connection, not from an unsupported scheme.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().expect("addr").port()
+        );
+        let networks = NetworksFile::from_toml(&format!(
+            r#"[[networks]]
+network = "eip155:8453"
+v1_name = "base"
+chain_id = 8453
+rpc_url = "{url}"
+asset = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+eip712_name = "USD Coin"
+eip712_version = "2"
+pay_to = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC""#
+        ))
+        .expect("networks");
+        let chain = Chain::connect(
+            networks.networks[0].clone(),
+            PrivateKeySigner::random(),
+            Duration::from_secs(1),
+        )
+        .expect("chain");
+        drop(listener);
+        let error = chain
+            .balance(Address::ZERO)
+            .await
+            .expect_err("nothing there");
+        let error = error.to_string().to_lowercase();
+        assert!(!error.contains("scheme"), "{error}");
     }
 }

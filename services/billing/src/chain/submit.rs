@@ -196,6 +196,6 @@ fn is_nonce_error(message: &str) -> bool {
 
 fn unknown(error: &RpcError<TransportErrorKind>) -> Outcome {
     Outcome::Unknown {
-        error: error.to_string(),
+        error: super::with_sources(error),
     }
 }
