@@ -26,6 +26,7 @@ pub struct PaidStack {
 /// How the stack's billing settles.
 pub struct PaidOptions {
     pub settlement: rungate_billing::config::SettlementMode,
+    pub chain_reads: rungate_billing::config::ChainReads,
     pub receipt_timeout: Duration,
     pub settle_interval: Duration,
 }
@@ -34,6 +35,7 @@ impl Default for PaidOptions {
     fn default() -> Self {
         Self {
             settlement: rungate_billing::config::SettlementMode::Deferred,
+            chain_reads: rungate_billing::config::ChainReads::Cached,
             receipt_timeout: Duration::from_secs(2),
             settle_interval: Duration::from_millis(100),
         }
@@ -92,6 +94,7 @@ impl PaidStack {
             ledger_url: ledger_url.clone(),
             settlement_key: Some(rungate_billing::config::Redacted(chain::SETTLER_KEY.into())),
             settlement: options.settlement,
+            chain_reads: options.chain_reads,
             receipt_timeout: options.receipt_timeout,
             settle_interval: options.settle_interval,
             ..Default::default()

@@ -5,7 +5,7 @@
 use alloy_primitives::{B256, U256};
 use alloy_signer::SignerSync;
 use alloy_signer_local::PrivateKeySigner;
-use alloy_sol_types::{Eip712Domain, SolStruct};
+use alloy_sol_types::{Eip712Domain, SolCall, SolStruct, sol};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use rungate_billing::x402::exact_evm::TransferWithAuthorization;
@@ -29,6 +29,28 @@ pub fn pay(
     now: u64,
     valid_for: u64,
 ) -> anyhow::Result<String> {
+    Ok(signed(payer, required, now, valid_for)?.header)
+}
+
+/// A signed payment: its header, and the calldata that would settle it
+/// on chain directly (`transferWithAuthorization(..., v, r, s)`).
+pub struct Signed {
+    pub header: String,
+    pub calldata: String,
+}
+
+sol! {
+    function transferWithAuthorization(
+        address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
+        bytes32 nonce, uint8 v, bytes32 r, bytes32 s);
+}
+
+pub fn signed(
+    payer: &PrivateKeySigner,
+    required: &Value,
+    now: u64,
+    valid_for: u64,
+) -> anyhow::Result<Signed> {
     let offer = &required["accepts"][0];
     let field = |key: &str| {
         offer[key]
@@ -80,5 +102,19 @@ pub fn pay(
             },
         },
     });
-    Ok(STANDARD.encode(payment.to_string()))
+    let call = transferWithAuthorizationCall {
+        from: message.from,
+        to: message.to,
+        value: message.value,
+        validAfter: message.validAfter,
+        validBefore: message.validBefore,
+        nonce: message.nonce,
+        v: 27 + u8::from(signature.v()),
+        r: signature.r().into(),
+        s: signature.s().into(),
+    };
+    Ok(Signed {
+        header: STANDARD.encode(payment.to_string()),
+        calldata: format!("0x{}", alloy_primitives::hex::encode(call.abi_encode())),
+    })
 }

@@ -14,14 +14,14 @@ const BODY: &str =
     r#"{"model":"fake-echo","messages":[{"role":"user","content":"pay me"}],"max_tokens":2}"#;
 
 async fn stack() -> PaidStack {
+    stack_with(PaidOptions::default()).await
+}
+
+async fn stack_with(options: PaidOptions) -> PaidStack {
     let cluster = rungate_tests::cluster();
-    PaidStack::start(
-        &cluster.inference_url,
-        &cluster.database_url,
-        PaidOptions::default(),
-    )
-    .await
-    .expect("paid stack")
+    PaidStack::start(&cluster.inference_url, &cluster.database_url, options)
+        .await
+        .expect("paid stack")
 }
 
 async fn funded_payer(stack: &PaidStack, amount: u128) -> PrivateKeySigner {
@@ -38,29 +38,40 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A paid call as an x402 client makes it (402, sign, retry); its receipt id.
-async fn paid_call(stack: &PaidStack, payer: &PrivateKeySigner) -> String {
-    let http = reqwest::Client::new();
-    let url = format!("{}/v1/chat/completions", stack.edge_url);
-    let post = || {
-        http.post(&url)
-            .header("content-type", "application/json")
-            .body(BODY)
-    };
-    let unpaid = post().send().await.expect("edge");
+async fn chat(stack: &PaidStack, payment: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", stack.edge_url))
+        .header("content-type", "application/json")
+        .body(BODY);
+    if let Some(payment) = payment {
+        request = request.header("PAYMENT-SIGNATURE", payment);
+    }
+    request.send().await.expect("edge")
+}
+
+/// What the 402 asks for, signed by `payer` as an x402 client would.
+async fn sign(stack: &PaidStack, payer: &PrivateKeySigner) -> rungate_tests::x402::Signed {
+    let unpaid = chat(stack, None).await;
     assert_eq!(unpaid.status(), 402);
     let required = rungate_tests::x402::payment_required(unpaid.headers()).expect("402");
-    let payment = rungate_tests::x402::pay(payer, &required, now(), 300).expect("sign");
-    let paid = post()
-        .header("PAYMENT-SIGNATURE", payment)
-        .send()
-        .await
-        .expect("edge");
+    rungate_tests::x402::signed(payer, &required, now(), 300).expect("sign")
+}
+
+/// A paid call as an x402 client makes it (402, sign, retry); its receipt id.
+async fn paid_call(stack: &PaidStack, payer: &PrivateKeySigner) -> String {
+    let payment = sign(stack, payer).await;
+    let paid = chat(stack, Some(&payment.header)).await;
     assert_eq!(paid.status(), 200, "{:?}", paid.text().await);
     paid.headers()["x-rungate-receipt"]
         .to_str()
         .expect("ascii")
         .to_owned()
+}
+
+async fn refusal(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), 402);
+    let body: Value = response.json().await.expect("JSON");
+    body["error"].as_str().unwrap_or_default().to_owned()
 }
 
 async fn settlement(stack: &PaidStack, id: &str) -> Value {
@@ -164,4 +175,46 @@ async fn a_settlement_whose_receipt_never_came_is_not_sent_twice() {
     )
     .await;
     assert_eq!(receipt["status"], "0x1");
+}
+
+#[tokio::test]
+async fn strict_chain_reads_see_what_happened_on_chain_before_serving() {
+    let stack = stack_with(PaidOptions {
+        chain_reads: rungate_billing::config::ChainReads::Strict,
+        ..PaidOptions::default()
+    })
+    .await;
+    let payer = funded_payer(&stack, 2).await;
+    // The authorization was already used on chain (someone submitted it).
+    let used = sign(&stack, &payer).await;
+    let relayer = json!({"from": chain::DEPLOYER, "to": chain::TOKEN, "data": used.calldata});
+    chain::transact(&reqwest::Client::new(), &stack.chain_url, relayer)
+        .await
+        .expect("submitted elsewhere");
+    assert_eq!(
+        refusal(chat(&stack, Some(&used.header)).await).await,
+        "invalid_exact_evm_nonce_already_used"
+    );
+    // The payer's funds left a moment ago: no cache to hide it.
+    let sweep = format!(
+        "0xa9059cbb{:0>64}{:064x}",
+        "9965507d1a55bcc2695c58ba16fb37d819b0a4dc", 1
+    );
+    rpc(&stack, "anvil_impersonateAccount", json!([payer.address()])).await;
+    rpc(
+        &stack,
+        "anvil_setBalance",
+        json!([payer.address(), "0xde0b6b3a7640000"]),
+    )
+    .await;
+    let tx = json!({"from": payer.address(), "to": chain::TOKEN, "data": sweep});
+    chain::transact(&reqwest::Client::new(), &stack.chain_url, tx)
+        .await
+        .expect("sweep");
+    assert_eq!(balance(&stack, &payer).await, 0);
+    let fresh = sign(&stack, &payer).await;
+    assert_eq!(
+        refusal(chat(&stack, Some(&fresh.header)).await).await,
+        "insufficient_funds"
+    );
 }
