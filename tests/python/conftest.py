@@ -59,8 +59,9 @@ def wait_for_line(log, prefix, timeout=30):
 class Cluster:
     """A running `cargo xtask dev`: its edge, dev chain and billing URLs."""
 
-    def __init__(self, edge_url, chain_url, billing_url):
+    def __init__(self, edge_url, chain_url, billing_url, log=()):
         self.edge_url, self.chain_url, self.billing_url = edge_url, chain_url, billing_url
+        self.log = log  # what `cargo xtask dev` printed (filled as it runs)
 
 
 def run_cluster(*extra):
@@ -81,7 +82,7 @@ def run_cluster(*extra):
     try:
         wait_ready(url, process)
         billing = wait_for_line(log, "billing (gRPC)").split()[-1]
-        yield Cluster(url, f"http://127.0.0.1:{chain_port}", f"http://{billing}")
+        yield Cluster(url, f"http://127.0.0.1:{chain_port}", f"http://{billing}", log)
     except BaseException:
         sys.stderr.write("".join(log[-200:]))
         raise

@@ -6,6 +6,8 @@ their reason and move nothing."""
 import asyncio
 import concurrent.futures
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -260,3 +262,14 @@ def test_a_failed_sync_settlement_is_402_and_moves_nothing(sync_cluster):
     assert settle["success"] is False and settle["errorReason"] == "transaction_failed"
     assert balance(chain, payer.address) == 0
     assert "choices" not in body
+
+
+def test_the_client_example_the_cluster_prints_runs_and_pays(cluster):
+    """`cargo xtask dev` prints a ready-to-run paying client: it must work as printed."""
+    lines = list(cluster.log)
+    start = next(i for i, line in enumerate(lines) if line.startswith("python3 - <<'PY'"))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == "PY")
+    script = "".join(lines[start + 1:end])
+    run = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "Paris" in run.stdout, run.stdout

@@ -298,11 +298,14 @@ from x402.http.clients import x402HttpxClient
 from x402.mechanisms.evm.exact import register_exact_evm_client
 from x402.mechanisms.evm.signers import EthAccountSigner
 x402 = register_exact_evm_client(x402Client(), EthAccountSigner(Account.from_key("{PAYER_KEY}")))
+# The dev chain's token is not Base's USDC: allow it explicitly.
+x402.set_spend_controls({{"allowed_assets": [{{"network": "eip155:{CHAIN_ID}", "asset": "{token}"}}]}})
 async def main():
     async with x402HttpxClient(x402) as http:
         client = openai.AsyncOpenAI(base_url="{edge}/v1", api_key="unused", http_client=http)
-        reply = await client.chat.completions.create(model="{model}",
-            messages=[{{"role": "user", "content": "What is the capital of France?"}}])
+        reply = await client.chat.completions.create(model="{model}", temperature=0,
+            messages=[{{"role": "system", "content": "You are a helpful assistant."}},
+                      {{"role": "user", "content": "What is the capital of France?"}}])
         print(reply.choices[0].message.content)
 asyncio.run(main())
 PY

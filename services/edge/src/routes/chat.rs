@@ -176,10 +176,10 @@ async fn complete(
                     if !settled.success {
                         return Ok(paid::settlement_failed(&session, &settled));
                     }
-                    let version = session.version;
-                    // Answer once billing has recorded the call.
-                    session.finish().await?;
-                    payment::set_response_header(&mut response, version, &settled);
+                    payment::set_response_header(&mut response, session.version, &settled);
+                    // Billing records the call's usage on its own; the answer
+                    // does not wait for that second ledger write.
+                    tokio::spawn(session.finish());
                 }
                 return Ok(response);
             }

@@ -153,7 +153,7 @@ impl PaidSession {
         });
     }
 
-    /// Ends the call and waits until billing has recorded it.
+    /// Ends the call and waits until billing has finished with it.
     pub async fn finish(self) -> Result<(), ApiError> {
         let Self {
             events,
