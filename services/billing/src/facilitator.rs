@@ -107,12 +107,14 @@ fn check_request<'a>(payments: &'a Payments, body: &Value) -> Result<Checked<'a>
             .ok_or(InvalidReason::Requirements)
     };
     let expected = Expected {
-        chain_id: chain.network.chain_id,
-        asset: address("asset")?,
         pay_to: address("payTo")?,
         amount,
-        eip712_name: domain("name")?,
-        eip712_version: domain("version")?,
+        domain_separator: exact_evm::domain_separator(
+            &domain("name")?,
+            &domain("version")?,
+            chain.network.chain_id,
+            address("asset")?,
+        ),
     };
     let exact: ExactEvmPayload = payload
         .get("payload")

@@ -72,14 +72,6 @@ impl Authorized {
     }
 }
 
-impl std::fmt::Debug for Chain {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chain")
-            .field("network", &self.network.network)
-            .finish()
-    }
-}
-
 impl Payments {
     pub fn networks(&self) -> impl Iterator<Item = &Network> {
         self.chains.iter().map(|c| &c.network)
@@ -106,7 +98,14 @@ impl Payments {
             return Ok(Err(InvalidReason::Network));
         };
         let verified = match &self.remote {
-            None => exact_evm::verify(&presented.payload, &presented.expected(offer.amount), now),
+            None => {
+                let expected = exact_evm::Expected {
+                    pay_to: chain.network.pay_to,
+                    amount: U256::from(offer.amount),
+                    domain_separator: chain.domain_separator,
+                };
+                exact_evm::verify(&presented.payload, &expected, now)
+            }
             Some(remote) => {
                 self.verify_remotely(remote, &presented, payment_json, offer)
                     .await

@@ -49,12 +49,22 @@ pub struct ReadError(String);
 
 pub struct Chain {
     pub network: Network,
+    /// The asset's EIP-712 domain separator, for verifying payments.
+    pub domain_separator: alloy_primitives::B256,
     provider: DynProvider,
     settler: Address,
     /// The settler's next transaction nonce; `None` means ask the chain.
     /// Held across a send so concurrent settlements never reuse a nonce.
     next_nonce: tokio::sync::Mutex<Option<u64>>,
     receipt_timeout: Duration,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("network", &self.network.network)
+            .finish()
+    }
 }
 
 impl Chain {
@@ -80,7 +90,14 @@ impl Chain {
             .wallet(EthereumWallet::from(signer))
             .connect_http(url)
             .erased();
+        let domain_separator = crate::x402::exact_evm::domain_separator(
+            &network.eip712_name,
+            &network.eip712_version,
+            network.chain_id,
+            network.asset,
+        );
         Ok(Self {
+            domain_separator,
             network,
             provider,
             settler,

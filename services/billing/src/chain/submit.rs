@@ -93,7 +93,9 @@ impl Chain {
         };
         let input = call.abi_encode();
         let mut next = self.next_nonce.lock().await;
-        for attempt in 1.. {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let nonce = match *next {
                 Some(nonce) => nonce,
                 None => self
@@ -131,7 +133,6 @@ impl Chain {
                 }
             }
         }
-        unreachable!("the loop returns")
     }
 
     /// Polls for the receipt: quickly at first (dev chains mine at once),

@@ -45,13 +45,24 @@ pub struct AuthorizationFields {
 /// What we asked to be paid, on one network.
 #[derive(Debug, Clone)]
 pub struct Expected {
-    pub chain_id: u64,
-    pub asset: Address,
     pub pay_to: Address,
     pub amount: U256,
-    /// EIP-712 domain `name` and `version` of the asset (USDC on Base: "USD Coin", "2").
-    pub eip712_name: String,
-    pub eip712_version: String,
+    /// The asset's EIP-712 domain separator (see `domain_separator`),
+    /// computed once per network rather than per payment.
+    pub domain_separator: B256,
+}
+
+/// The EIP-712 domain separator of an EIP-3009 token: its `name` and
+/// `version` (USDC on Base: "USD Coin", "2"), chain id and address.
+pub fn domain_separator(name: &str, version: &str, chain_id: u64, asset: Address) -> B256 {
+    Eip712Domain::new(
+        Some(name.to_owned().into()),
+        Some(version.to_owned().into()),
+        Some(U256::from(chain_id)),
+        Some(asset),
+        None,
+    )
+    .separator()
 }
 
 pub use super::InvalidReason;
@@ -115,14 +126,12 @@ pub fn verify(
     if signature.normalize_s().is_some() {
         return Err(InvalidReason::Signature);
     }
-    let domain = Eip712Domain::new(
-        Some(expected.eip712_name.clone().into()),
-        Some(expected.eip712_version.clone().into()),
-        Some(U256::from(expected.chain_id)),
-        Some(expected.asset),
-        None,
-    );
-    let digest = message.eip712_signing_hash(&domain);
+    // EIP-712: keccak256(0x1901 ‖ domain separator ‖ struct hash), on the stack.
+    let mut preimage = [0u8; 66];
+    preimage[..2].copy_from_slice(&[0x19, 0x01]);
+    preimage[2..34].copy_from_slice(expected.domain_separator.as_slice());
+    preimage[34..].copy_from_slice(message.eip712_hash_struct().as_slice());
+    let digest = alloy_primitives::keccak256(preimage);
     let signer = signature
         .recover_address_from_prehash(&digest)
         .map_err(|_| InvalidReason::Signature)?;
@@ -174,14 +183,16 @@ mod tests {
         }
     }
 
+    fn separator(name: &str, chain_id: u64) -> B256 {
+        let asset = address("0x5FbDB2315678afecb367f032d93F642f64180aa3").expect("asset");
+        domain_separator(name, "2", chain_id, asset)
+    }
+
     fn expected() -> Expected {
         Expected {
-            chain_id: 8453,
-            asset: address("0x5FbDB2315678afecb367f032d93F642f64180aa3").expect("asset"),
             pay_to: address("0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC").expect("pay to"),
             amount: U256::from(1234),
-            eip712_name: "USD Coin".into(),
-            eip712_version: "2".into(),
+            domain_separator: separator("USD Coin", 8453),
         }
     }
 
@@ -194,7 +205,7 @@ mod tests {
     #[test]
     fn each_check_gives_its_reason() {
         let wrong_domain = Expected {
-            eip712_name: "USDC".into(),
+            domain_separator: separator("USDC", 8453),
             ..expected()
         };
         assert_eq!(
@@ -202,7 +213,7 @@ mod tests {
             Err(InvalidReason::Signature)
         );
         let other_chain = Expected {
-            chain_id: 84532,
+            domain_separator: separator("USD Coin", 84532),
             ..expected()
         };
         assert_eq!(

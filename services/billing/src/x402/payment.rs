@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::InvalidReason;
-use super::exact_evm::{ExactEvmPayload, Expected};
+use super::exact_evm::ExactEvmPayload;
 use super::networks::{Network, Offer};
 
 /// A payment that names a supported version, scheme and network.
@@ -24,17 +24,6 @@ impl Presented<'_> {
             &self.network.v1_name
         } else {
             &self.network.network
-        }
-    }
-
-    pub fn expected(&self, amount: u128) -> Expected {
-        Expected {
-            chain_id: self.network.chain_id,
-            asset: self.network.asset,
-            pay_to: self.network.pay_to,
-            amount: alloy_primitives::U256::from(amount),
-            eip712_name: self.network.eip712_name.clone(),
-            eip712_version: self.network.eip712_version.clone(),
         }
     }
 }
