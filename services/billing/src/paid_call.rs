@@ -17,6 +17,7 @@ use rungate_proto::ledger::v1::Usage;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use crate::config::SettlementMode;
 use crate::payments::{Authorized, Payments};
@@ -27,11 +28,17 @@ pub fn run(
     events: Streaming<PaidCallEvent>,
 ) -> impl Stream<Item = Result<PaidCallUpdate, Status>> {
     let (updates, out) = mpsc::channel(4);
-    tokio::spawn(async move {
-        if let Err(status) = drive(&api, events, &updates).await {
-            let _ = updates.send(Err(status)).await;
+    // The call's span (and its trace, from the edge) follows it into the task,
+    // so the ledger writes it makes carry the same trace.
+    let span = tracing::Span::current();
+    tokio::spawn(
+        async move {
+            if let Err(status) = drive(&api, events, &updates).await {
+                let _ = updates.send(Err(status)).await;
+            }
         }
-    });
+        .instrument(span),
+    );
     ReceiverStream::new(out)
 }
 
