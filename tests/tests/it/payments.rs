@@ -141,15 +141,20 @@ async fn a_settlement_that_finds_the_rpc_down_is_retried_and_lands_once() {
 
 #[tokio::test]
 async fn a_settlement_whose_receipt_never_came_is_not_sent_twice() {
-    let stack = stack().await;
+    // Receipts are awaited 3 s; a lapsed claim (6 s) is retried.
+    let stack = stack_with(PaidOptions {
+        receipt_timeout: Duration::from_secs(3),
+        ..PaidOptions::default()
+    })
+    .await;
     let payer = funded_payer(&stack, 10).await;
     // Blocks stop: the settlement transaction waits in the mempool.
     rpc(&stack, "evm_setAutomine", json!([false])).await;
     let id = paid_call(&stack, &payer).await;
     wait_for(&stack, &id, "settling", Duration::from_secs(5)).await;
-    // Past the 2 s receipt timeout (the outcome is unknown to billing), and
-    // before its 4 s lease lapses, the transaction is mined.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Past the receipt timeout (the outcome is unknown to billing), and
+    // well before the lease lapses, the transaction is mined.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
     rpc(&stack, "evm_mine", json!([])).await;
     rpc(&stack, "evm_setAutomine", json!([true])).await;
     // The retry finds the authorization used on chain and records that transaction.
