@@ -37,6 +37,8 @@ pub fn pay(
 pub struct Signed {
     pub header: String,
     pub calldata: String,
+    /// The authorization's nonce, 0x-hex.
+    pub nonce: String,
 }
 
 sol! {
@@ -116,5 +118,6 @@ pub fn signed(
     Ok(Signed {
         header: STANDARD.encode(payment.to_string()),
         calldata: format!("0x{}", alloy_primitives::hex::encode(call.abi_encode())),
+        nonce: message.nonce.to_string(),
     })
 }

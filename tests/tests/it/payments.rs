@@ -39,10 +39,18 @@ fn now() -> u64 {
 }
 
 async fn chat(stack: &PaidStack, payment: Option<&str>) -> reqwest::Response {
+    chat_with(stack, BODY, payment).await
+}
+
+async fn chat_with(
+    stack: &PaidStack,
+    body: &'static str,
+    payment: Option<&str>,
+) -> reqwest::Response {
     let mut request = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", stack.edge_url))
         .header("content-type", "application/json")
-        .body(BODY);
+        .body(body);
     if let Some(payment) = payment {
         request = request.header("PAYMENT-SIGNATURE", payment);
     }
@@ -222,4 +230,116 @@ async fn strict_chain_reads_see_what_happened_on_chain_before_serving() {
         refusal(chat(&stack, Some(&fresh.header)).await).await,
         "insufficient_funds"
     );
+}
+
+#[tokio::test]
+async fn a_call_the_engine_fails_is_voided_and_never_charged() {
+    use rungate_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
+    use rungate_proto::ledger::v1::{AuthorizationKey, GetReceiptRequest, SettlementStatus};
+    const FAILING: &str =
+        r#"{"model":"fake-drop","messages":[{"role":"user","content":"one two three"}]}"#;
+    let stack = stack().await;
+    let payer = funded_payer(&stack, 10).await;
+    let unpaid = chat_with(&stack, FAILING, None).await;
+    assert_eq!(unpaid.status(), 402);
+    let required = rungate_tests::x402::payment_required(unpaid.headers()).expect("402");
+    let payment = rungate_tests::x402::signed(&payer, &required, now(), 300).expect("sign");
+    // The upstream drops the connection mid-answer: the call is not served.
+    let failed = chat_with(&stack, FAILING, Some(&payment.header)).await;
+    assert_eq!(failed.status(), 503);
+    let mut ledger = LedgerServiceClient::connect(stack.ledger_url.clone())
+        .await
+        .expect("ledger");
+    let key = AuthorizationKey {
+        network: "eip155:8453".into(),
+        payer: payer.address().to_string(),
+        nonce: payment.nonce.clone(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let receipt = loop {
+        let receipt = ledger
+            .get_receipt(GetReceiptRequest {
+                request_id: String::new(),
+                authorization: Some(key.clone()),
+            })
+            .await
+            .expect("the authorization is recorded")
+            .into_inner();
+        if receipt.status() == SettlementStatus::Voided {
+            break receipt;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not voided: {receipt:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(receipt.tx_hash.is_empty());
+    // Several worker passes later: still nothing moved.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(balance(&stack, &payer).await, 10);
+}
+
+#[tokio::test]
+async fn billing_authorize_and_settle_rpcs_move_the_money_once() {
+    use base64::Engine;
+    use rungate_proto::billing::v1::billing_service_client::BillingServiceClient;
+    use rungate_proto::billing::v1::{AuthorizeRequest, QuoteRequest, SettleRequest};
+    let stack = stack().await;
+    let payer = funded_payer(&stack, 10).await;
+    let unpaid = chat(&stack, None).await;
+    let required = rungate_tests::x402::payment_required(unpaid.headers()).expect("402");
+    let payment = rungate_tests::x402::signed(&payer, &required, now(), 300).expect("sign");
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(&payment.header)
+        .expect("base64");
+    let mut billing = BillingServiceClient::connect(stack.billing_url.clone())
+        .await
+        .expect("billing");
+    let authorize = |request_id: &str| AuthorizeRequest {
+        request_id: request_id.into(),
+        payment_payload_json: String::from_utf8(payload.clone()).expect("utf-8"),
+        // What the edge quoted: the fake echo model at the list price.
+        quote: Some(QuoteRequest {
+            model: "fake-echo".into(),
+            prompt_tokens: 0,
+            max_tokens: 0,
+            resource: String::new(),
+        }),
+        stream: false,
+    };
+    let verdict = billing
+        .authorize(authorize("rpc-call-1"))
+        .await
+        .expect("authorize")
+        .into_inner();
+    assert!(verdict.is_valid, "{verdict:?}");
+    assert_eq!(verdict.payer, payer.address().to_checksum(None));
+    let replay = billing
+        .authorize(authorize("rpc-call-2"))
+        .await
+        .expect("authorize")
+        .into_inner();
+    assert_eq!(
+        replay.invalid_reason,
+        "invalid_exact_evm_nonce_already_used"
+    );
+    let settled = billing
+        .settle(SettleRequest {
+            authorization_id: verdict.authorization_id.clone(),
+        })
+        .await
+        .expect("settle")
+        .into_inner();
+    assert!(settled.success, "{settled:?}");
+    assert!(settled.transaction.starts_with("0x"));
+    assert_eq!(balance(&stack, &payer).await, 9);
+    let again = billing
+        .settle(SettleRequest {
+            authorization_id: verdict.authorization_id,
+        })
+        .await
+        .expect_err("settled already");
+    assert_eq!(again.code(), tonic::Code::InvalidArgument);
+    assert_eq!(balance(&stack, &payer).await, 9);
 }
