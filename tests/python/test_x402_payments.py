@@ -262,6 +262,7 @@ def test_a_failed_sync_settlement_is_402_and_moves_nothing(sync_cluster):
     assert settle["success"] is False and settle["errorReason"] == "transaction_failed"
     assert balance(chain, payer.address) == 0
     assert "choices" not in body
+    assert settled_receipt(url, headers["x-rungate-receipt"])["settlement"]["status"] == "failed"
 
 
 def test_the_client_example_the_cluster_prints_runs_and_pays(cluster):

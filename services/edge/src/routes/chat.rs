@@ -86,7 +86,9 @@ pub async fn completions(
         Some(session) if chat.stream => {
             let settled = session.settled().await?;
             if !settled.success {
-                return Ok(paid::settlement_failed(session, &settled));
+                let mut response = paid::settlement_failed(session, &settled);
+                set_request_id(&mut response, &id);
+                return Ok(response);
             }
             Some(settled)
         }
@@ -174,7 +176,9 @@ async fn complete(
                     session.completed(usage, reason, &call.served_by).await;
                     let settled = session.settled().await?;
                     if !settled.success {
-                        return Ok(paid::settlement_failed(&session, &settled));
+                        let mut response = paid::settlement_failed(&session, &settled);
+                        set_request_id(&mut response, &call.id);
+                        return Ok(response);
                     }
                     payment::set_response_header(&mut response, session.version, &settled);
                     // Billing records the call's usage on its own; the answer
