@@ -15,6 +15,20 @@ use crate::BillingError;
 
 type Client = LedgerServiceClient<InterceptedService<Channel, TracePropagator>>;
 
+/// Attempts per ledger write (backoff 0.1, 0.2, 0.4, 0.8, 1.6 s between).
+const ATTEMPTS: u32 = 6;
+
+/// Whether the write may not have reached the ledger, or may go through now.
+fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+    )
+}
+
 #[derive(Clone)]
 pub struct Ledger {
     client: Client,
@@ -37,21 +51,35 @@ impl Ledger {
         })
     }
 
+    /// One idempotent write. A ledger that is briefly unreachable is retried
+    /// with backoff (about 3 s in all): the key makes a retry of a write that
+    /// did land a no-op, so no record is lost to a blip and none is doubled.
     async fn write(
         &self,
         key: String,
         record: Record,
     ) -> Result<(WriteOutcome, String), BillingError> {
-        let ack = self
-            .client
-            .clone()
-            .write_one(LedgerWrite {
-                idempotency_key: key,
-                record: Some(record),
-            })
-            .await?
-            .into_inner();
-        Ok((ack.outcome(), ack.message))
+        let write = LedgerWrite {
+            idempotency_key: key,
+            record: Some(record),
+        };
+        let mut pause = std::time::Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match self.client.clone().write_one(write.clone()).await {
+                Ok(ack) => {
+                    let ack = ack.into_inner();
+                    return Ok((ack.outcome(), ack.message));
+                }
+                Err(status) if attempt < ATTEMPTS && transient(&status) => {
+                    tracing::warn!(%status, attempt, "ledger write failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
     }
 
     /// Records the authorization; the ledger's unique (network, asset, payer,
