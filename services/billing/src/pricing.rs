@@ -18,6 +18,11 @@ pub struct Price {
 }
 
 impl Price {
+    /// Per call only: the tokens don't change the quote.
+    pub fn is_flat(&self) -> bool {
+        self.per_prompt_token == 0 && self.per_completion_token == 0
+    }
+
     /// amount = per call + prompt × input price + max tokens × output price, rounded up.
     pub fn quote(&self, prompt_tokens: u32, max_tokens: u32) -> u128 {
         let nano = self.per_call

@@ -76,6 +76,7 @@ impl Billing {
                 .iter()
                 .map(|n| n.requirement_v2(&offer).to_string())
                 .collect(),
+            flat: self.prices.price(&request.model).is_flat(),
         })
     }
 

@@ -22,6 +22,23 @@ pub struct AppState {
     /// None in free mode.
     pub billing: Option<BillingClient>,
     pub public_url: Option<std::sync::Arc<str>>,
+    /// Models billing said are priced per call only (their quotes need no
+    /// token count), learned from its quotes.
+    flat_priced: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+}
+
+impl AppState {
+    pub fn is_flat_priced(&self, model: &str) -> bool {
+        self.flat_priced
+            .read()
+            .is_ok_and(|flat| flat.contains(model))
+    }
+
+    pub fn learn_flat_priced(&self, model: &str) {
+        if let Ok(mut flat) = self.flat_priced.write() {
+            flat.insert(model.to_owned());
+        }
+    }
 }
 
 impl AppState {
@@ -43,6 +60,7 @@ impl AppState {
                 ))
             },
             public_url: config.public_url.as_deref().map(std::sync::Arc::from),
+            flat_priced: Default::default(),
             ledger,
         })
     }

@@ -7,7 +7,7 @@ use rungate_proto::billing::v1::{
     AuthorizeRequest, Completed, PaidCallEvent, PaidCallUpdate, QuoteRequest, SettleResponse,
     paid_call_event::Event, paid_call_update::Update,
 };
-use rungate_proto::inference::v1::CountTokensRequest;
+use rungate_proto::inference::v1::{CountTokensRequest, CountTokensResponse};
 use rungate_proto::types::v1::TokenUsage;
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -38,16 +38,21 @@ pub async fn gate(
         return Ok(Gate::Free);
     };
     let presented = payment::presented(headers)?;
-    // The quote depends on the prompt's tokens as the model counts them.
-    let counted = state
-        .inference
-        .clone()
-        .count_tokens(CountTokensRequest {
-            model: chat.model.clone(),
-            messages: chat.messages.clone(),
-        })
-        .await?
-        .into_inner();
+    // The quote depends on the prompt's tokens as the model counts them,
+    // unless billing told us the model is priced per call only.
+    let counted = if state.is_flat_priced(&chat.model) {
+        CountTokensResponse::default()
+    } else {
+        state
+            .inference
+            .clone()
+            .count_tokens(CountTokensRequest {
+                model: chat.model.clone(),
+                messages: chat.messages.clone(),
+            })
+            .await?
+            .into_inner()
+    };
     let resource = payment::resource_url(state.public_url.as_deref(), headers, path);
     let quote = QuoteRequest {
         model: chat.model.clone(),
@@ -60,6 +65,9 @@ pub async fn gate(
     };
     let Some(payment_json) = presented else {
         let quote = billing.clone().quote(quote).await?.into_inner();
+        if quote.flat {
+            state.learn_flat_priced(&chat.model);
+        }
         return Ok(Gate::Refused(payment::required(
             "X-PAYMENT or PAYMENT-SIGNATURE header is required",
             &resource,
