@@ -134,7 +134,8 @@ fn stop_postgres_at_exit() {
     }
 }
 
-async fn bind() -> anyhow::Result<(TcpListener, SocketAddr)> {
+/// A listener on a free loopback port, and its address.
+pub async fn bind() -> anyhow::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     Ok((listener, addr))

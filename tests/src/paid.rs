@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::chain::{self, DevChain};
 use crate::chain_proxy::ChainProxy;
+use crate::cluster::bind;
 
 pub struct PaidStack {
     pub edge_url: String,
@@ -55,12 +56,6 @@ async fn fresh_database(url: &str) -> anyhow::Result<String> {
         .rsplit_once('/')
         .ok_or_else(|| anyhow::anyhow!("database URL without a database: {url}"))?;
     Ok(format!("{server}/{name}"))
-}
-
-async fn bind() -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    Ok((listener, addr))
 }
 
 impl PaidStack {

@@ -54,14 +54,16 @@ fn check_request<'a>(payments: &'a Payments, body: &Value) -> Result<Checked<'a>
     let requirements = body
         .get("paymentRequirements")
         .ok_or(InvalidReason::Requirements)?;
-    let version = payload
+    let version = match payload
         .get("x402Version")
         .or_else(|| body.get("x402Version"))
-        .and_then(Value::as_u64);
+        .and_then(Value::as_u64)
+    {
+        Some(1) => 1,
+        Some(2) => 2,
+        _ => return Err(InvalidReason::Version),
+    };
     let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
-    if !matches!(version, Some(1 | 2)) {
-        return Err(InvalidReason::Version);
-    }
     if text(requirements, "scheme").as_deref() != Some("exact") {
         return Err(InvalidReason::Scheme);
     }
@@ -69,16 +71,9 @@ fn check_request<'a>(payments: &'a Payments, body: &Value) -> Result<Checked<'a>
     let chain = payments
         .chains
         .iter()
-        .find(|c| {
-            let ours = if version == Some(1) {
-                &c.network.v1_name
-            } else {
-                &c.network.network
-            };
-            *ours == network
-        })
+        .find(|c| c.network.name_for(version) == network)
         .ok_or(InvalidReason::Network)?;
-    let chosen_matches = if version == Some(1) {
+    let chosen_matches = if version == 1 {
         text(payload, "scheme") == text(requirements, "scheme")
             && text(payload, "network") == Some(network.clone())
     } else {

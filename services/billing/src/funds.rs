@@ -55,10 +55,6 @@ impl Funds {
             ChainReads::Strict => {
                 let (balance, used) =
                     tokio::join!(chain.balance(payer), chain.nonce_used(payer, nonce));
-                let unexpected = |error: crate::chain::ReadError| {
-                    tracing::warn!(%error, "verification could not read the chain");
-                    InvalidReason::Unexpected
-                };
                 if used.map_err(unexpected)? {
                     return Err(InvalidReason::NonceUsed);
                 }
@@ -97,10 +93,7 @@ impl Funds {
                     }
                 }
             }
-            let balance = chain.balance(payer).await.map_err(|error| {
-                tracing::warn!(%error, "verification could not read the chain");
-                InvalidReason::Unexpected
-            })?;
+            let balance = chain.balance(payer).await.map_err(unexpected)?;
             self.store(&key, balance);
         }
         Err(InvalidReason::InsufficientFunds)
@@ -147,4 +140,9 @@ impl Funds {
             }
         }
     }
+}
+
+fn unexpected(error: crate::chain::ReadError) -> InvalidReason {
+    tracing::warn!(%error, "verification could not read the chain");
+    InvalidReason::Unexpected
 }

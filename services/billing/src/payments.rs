@@ -51,14 +51,6 @@ pub struct Authorized {
 }
 
 impl Authorized {
-    fn network_name(&self) -> &str {
-        if self.version == 1 {
-            &self.chain.network.v1_name
-        } else {
-            &self.chain.network.network
-        }
-    }
-
     /// The x402 SettleResponse for this payment.
     pub fn settle_response(&self, success: bool, error: &str, tx: Option<B256>) -> SettleResponse {
         SettleResponse {
@@ -66,17 +58,13 @@ impl Authorized {
             error_reason: error.to_owned(),
             payer: self.payer.to_checksum(None),
             transaction: tx.map(|h| h.to_string()).unwrap_or_default(),
-            network: self.network_name().to_owned(),
+            network: self.chain.network.name_for(self.version).to_owned(),
             amount: Some(self.amount.into()),
         }
     }
 }
 
 impl Payments {
-    pub fn networks(&self) -> impl Iterator<Item = &Network> {
-        self.chains.iter().map(|c| &c.network)
-    }
-
     /// Every check of the spec, in its order: the local ones (microseconds),
     /// the nonce reservation in the ledger (one round trip), the funds.
     pub async fn authorize(
@@ -90,13 +78,8 @@ impl Payments {
             Ok(p) => p,
             Err(reason) => return Ok(Err(reason)),
         };
-        let Some(chain) = self
-            .chains
-            .iter()
-            .find(|c| c.network.network == presented.network.network)
-        else {
-            return Ok(Err(InvalidReason::Network));
-        };
+        // `networks` lists the chains' networks in the same order.
+        let chain = &self.chains[presented.index];
         let verified = match &self.remote {
             None => {
                 let expected = exact_evm::Expected {
@@ -106,10 +89,7 @@ impl Payments {
                 };
                 exact_evm::verify(&presented.payload, &expected, now)
             }
-            Some(remote) => {
-                self.verify_remotely(remote, &presented, payment_json, offer)
-                    .await
-            }
+            Some(remote) => self.verify_remotely(remote, &presented, offer).await,
         };
         let verified = match verified {
             Ok(v) => v,
@@ -169,18 +149,11 @@ impl Payments {
         &self,
         remote: &RemoteFacilitator,
         presented: &payment::Presented<'_>,
-        payment_json: &str,
         offer: &Offer<'_>,
     ) -> Result<exact_evm::Verified, InvalidReason> {
         let decoded = exact_evm::decode(&presented.payload)?;
-        let payment: serde_json::Value =
-            serde_json::from_str(payment_json).map_err(|_| InvalidReason::Payload)?;
-        let requirements = if presented.version == 1 {
-            presented.network.requirement_v1(offer)
-        } else {
-            presented.network.requirement_v2(offer)
-        };
-        remote.verify(&payment, &requirements).await?;
+        let requirements = presented.network.requirement(presented.version, offer);
+        remote.verify(&presented.json, &requirements).await?;
         Ok(decoded)
     }
 
@@ -211,11 +184,7 @@ impl Payments {
                 BillingError::Config(format!("no chain for {}", authorization.network))
             })?;
         let outcome = self.settle_claimed(chain, &authorization).await?;
-        let network = if authorization.x402_version == 1 {
-            &chain.network.v1_name
-        } else {
-            &chain.network.network
-        };
+        let network = chain.network.name_for(authorization.x402_version);
         let payer = authorization
             .payer
             .parse::<Address>()
@@ -232,7 +201,7 @@ impl Payments {
             error_reason: error.to_owned(),
             payer,
             transaction: tx,
-            network: network.clone(),
+            network: network.to_owned(),
             amount: authorization.amount,
         })
     }

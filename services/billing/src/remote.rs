@@ -87,18 +87,11 @@ impl RemoteFacilitator {
                 "nonce": a.nonce,
             },
         });
-        let (payment, requirements) = if a.x402_version == 1 {
-            let requirements = network.requirement_v1(&offer);
-            (
-                json!({"x402Version": 1, "scheme": "exact", "network": network.v1_name, "payload": payload}),
-                requirements,
-            )
+        let requirements = network.requirement(a.x402_version, &offer);
+        let payment = if a.x402_version == 1 {
+            json!({"x402Version": 1, "scheme": "exact", "network": network.v1_name, "payload": payload})
         } else {
-            let requirements = network.requirement_v2(&offer);
-            (
-                json!({"x402Version": 2, "accepted": requirements, "payload": payload}),
-                requirements,
-            )
+            json!({"x402Version": 2, "accepted": requirements, "payload": payload})
         };
         let body = json!({
             "x402Version": a.x402_version,

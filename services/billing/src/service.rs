@@ -64,7 +64,7 @@ impl Billing {
             resource: &request.resource,
             description: &description,
         };
-        let networks: Vec<_> = self.payments.iter().flat_map(|p| p.networks()).collect();
+        let networks = self.payments.as_ref().map_or(&[][..], |p| &p.networks[..]);
         // One offer per configured network; none in free mode.
         Ok(QuoteResponse {
             amount: Some(amount.into()),

@@ -32,34 +32,35 @@ fn now() -> u64 {
 /// An authorization whose call was served (usage recorded): due for settlement.
 async fn authorize(network: &str, request_id: &str, valid_before: u64) {
     authorize_unserved(network, request_id, valid_before).await;
-    let ack = ledger()
-        .await
-        .write_one(records::write(
-            format!("usage-{request_id}"),
-            Record::Usage(records::usage(request_id, 5)),
-        ))
-        .await
-        .expect("write")
-        .into_inner();
-    assert_eq!(ack.outcome, WriteOutcome::Applied as i32, "{}", ack.message);
+    write_applied(
+        format!("usage-{request_id}"),
+        Record::Usage(records::usage(request_id, 5)),
+    )
+    .await;
 }
 
 async fn authorize_unserved(network: &str, request_id: &str, valid_before: u64) {
+    let authorization = Authorization {
+        valid_before,
+        ..records::authorization(
+            network,
+            request_id,
+            "0xpayer",
+            &format!("0x{request_id}"),
+            5,
+        )
+    };
+    write_applied(
+        format!("auth-{request_id}"),
+        Record::Authorization(authorization),
+    )
+    .await;
+}
+
+async fn write_applied(key: String, record: Record) {
     let ack = ledger()
         .await
-        .write_one(records::write(
-            format!("auth-{request_id}"),
-            Record::Authorization(Authorization {
-                valid_before,
-                ..records::authorization(
-                    network,
-                    request_id,
-                    "0xpayer",
-                    &format!("0x{request_id}"),
-                    5,
-                )
-            }),
-        ))
+        .write_one(records::write(key, record))
         .await
         .expect("write")
         .into_inner();

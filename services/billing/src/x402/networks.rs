@@ -69,6 +69,24 @@ pub struct Offer<'a> {
 }
 
 impl Network {
+    /// The network as a payment of `version` names it: v1 name or CAIP-2 id.
+    pub fn name_for(&self, version: u32) -> &str {
+        if version == 1 {
+            &self.v1_name
+        } else {
+            &self.network
+        }
+    }
+
+    /// Our requirement for `offer` in `version`'s form.
+    pub fn requirement(&self, version: u32, offer: &Offer<'_>) -> Value {
+        if version == 1 {
+            self.requirement_v1(offer)
+        } else {
+            self.requirement_v2(offer)
+        }
+    }
+
     fn extra(&self) -> Value {
         json!({ "name": self.eip712_name, "version": self.eip712_version })
     }
@@ -103,11 +121,9 @@ impl Network {
     }
 }
 
+/// A Base network entry for unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BASE: &str = r#"
+pub(crate) const TEST_BASE: &str = r#"
         [[networks]]
         network = "eip155:8453"
         v1_name = "base"
@@ -118,6 +134,12 @@ mod tests {
         eip712_version = "2"
         pay_to = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc"
     "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = TEST_BASE;
 
     #[test]
     fn requirements_have_the_fields_official_clients_read() {

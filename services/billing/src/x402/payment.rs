@@ -3,6 +3,7 @@
 //! against the offers made for this request. The first checks of the spec,
 //! before any signature work.
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::InvalidReason;
@@ -13,19 +14,12 @@ use super::networks::{Network, Offer};
 #[derive(Debug)]
 pub struct Presented<'n> {
     pub version: u32,
+    /// Where `network` stands in the list it was found in.
+    pub index: usize,
     pub network: &'n Network,
     pub payload: ExactEvmPayload,
-}
-
-impl Presented<'_> {
-    /// The network as this payment's version names it (for SettleResponse).
-    pub fn network_name(&self) -> &str {
-        if self.version == 1 {
-            &self.network.v1_name
-        } else {
-            &self.network.network
-        }
-    }
+    /// The whole payment as parsed (what an external facilitator is sent).
+    pub json: Value,
 }
 
 pub fn parse<'n>(
@@ -44,25 +38,24 @@ pub fn parse<'n>(
         return Err(InvalidReason::Scheme);
     }
     let named = chosen.get("network").and_then(Value::as_str);
-    let network = networks
+    let (index, network) = networks
         .iter()
-        .find(|n| {
-            let ours = if version == 1 { &n.v1_name } else { &n.network };
-            named == Some(ours.as_str())
-        })
+        .enumerate()
+        .find(|(_, n)| named == Some(n.name_for(version)))
         .ok_or(InvalidReason::Network)?;
     if version == 2 && !matches_offer(&network.requirement_v2(offer), chosen) {
         return Err(InvalidReason::Requirements);
     }
     let payload = value
         .get("payload")
-        .cloned()
-        .and_then(|p| serde_json::from_value(p).ok())
+        .and_then(|p| ExactEvmPayload::deserialize(p).ok())
         .ok_or(InvalidReason::Payload)?;
     Ok(Presented {
         version,
+        index,
         network,
         payload,
+        json: value,
     })
 }
 
@@ -96,21 +89,9 @@ mod tests {
     use crate::x402::networks::NetworksFile;
 
     fn networks() -> Vec<Network> {
-        NetworksFile::from_toml(
-            r#"
-            [[networks]]
-            network = "eip155:8453"
-            v1_name = "base"
-            chain_id = 8453
-            rpc_url = "http://127.0.0.1:8545"
-            asset = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
-            eip712_name = "USD Coin"
-            eip712_version = "2"
-            pay_to = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc"
-            "#,
-        )
-        .expect("networks")
-        .networks
+        NetworksFile::from_toml(crate::x402::networks::TEST_BASE)
+            .expect("networks")
+            .networks
     }
 
     const OFFER: Offer<'static> = Offer {
@@ -154,7 +135,7 @@ mod tests {
         let v1 =
             json!({"x402Version": 1, "scheme": "exact", "network": "base", "payload": payload()});
         let parsed = parse(&v1.to_string(), &networks, &OFFER).expect("v1");
-        assert_eq!(parsed.network_name(), "base");
+        assert_eq!(parsed.network.name_for(parsed.version), "base");
         let v1_caip = json!({"x402Version": 1, "scheme": "exact", "network": "eip155:8453", "payload": payload()});
         assert_eq!(reason(v1_caip.to_string()), Some(InvalidReason::Network));
         let no_payload = json!({"x402Version": 1, "scheme": "exact", "network": "base"});

@@ -140,25 +140,17 @@ impl PaidSession {
 
     /// The call was served.
     pub async fn completed(&self, usage: TokenUsage, finish_reason: &str, engine: &str) {
-        let completed = PaidCallEvent {
-            event: Some(Event::Completed(Completed {
-                usage: Some(usage),
-                finish_reason: finish_reason.to_owned(),
-                engine: engine.to_owned(),
-            })),
-        };
-        let _ = self.events.send(completed).await;
+        let _ = self
+            .events
+            .send(completed(usage, finish_reason, engine))
+            .await;
     }
 
     /// The same, from a context that cannot wait (a dropped stream).
     pub fn completed_now(&self, usage: TokenUsage, finish_reason: &str, engine: &str) {
-        let _ = self.events.try_send(PaidCallEvent {
-            event: Some(Event::Completed(Completed {
-                usage: Some(usage),
-                finish_reason: finish_reason.to_owned(),
-                engine: engine.to_owned(),
-            })),
-        });
+        let _ = self
+            .events
+            .try_send(completed(usage, finish_reason, engine));
     }
 
     /// Ends the call and waits until billing has finished with it.
@@ -171,6 +163,16 @@ impl PaidSession {
         drop(events);
         while updates.message().await?.is_some() {}
         Ok(())
+    }
+}
+
+fn completed(usage: TokenUsage, finish_reason: &str, engine: &str) -> PaidCallEvent {
+    PaidCallEvent {
+        event: Some(Event::Completed(Completed {
+            usage: Some(usage),
+            finish_reason: finish_reason.to_owned(),
+            engine: engine.to_owned(),
+        })),
     }
 }
 
