@@ -2,6 +2,7 @@
 //! usage of served paid calls, settlement claims and outcomes. Every write
 //! has a deterministic idempotency key, so retrying one is always safe.
 
+use rungate_common::client::{request, within};
 use rungate_common::propagation::TracePropagator;
 use rungate_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
 use rungate_proto::ledger::v1::{
@@ -17,6 +18,10 @@ type Client = LedgerServiceClient<InterceptedService<Channel, TracePropagator>>;
 
 /// Attempts per ledger write (backoff 0.1, 0.2, 0.4, 0.8, 1.6 s between).
 const ATTEMPTS: u32 = 6;
+
+/// Deadline of one ledger call: a group commit takes milliseconds; a
+/// ledger that takes this long is treated as down (and retried).
+const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether the write may not have reached the ledger, or may go through now.
 fn transient(status: &tonic::Status) -> bool {
@@ -44,7 +49,8 @@ pub enum Reservation {
 
 impl Ledger {
     pub fn connect(url: &str) -> Result<Self, BillingError> {
-        let channel = rungate_common::grpc::lazy_channel(url)
+        use rungate_common::client::{CONNECTIONS_PER_ENDPOINT, channel};
+        let channel = channel(url, CONNECTIONS_PER_ENDPOINT)
             .map_err(|e| BillingError::Config(e.to_string()))?;
         Ok(Self {
             client: LedgerServiceClient::with_interceptor(channel, TracePropagator),
@@ -66,7 +72,9 @@ impl Ledger {
         let mut pause = std::time::Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            match self.client.clone().write_one(write.clone()).await {
+            let mut client = self.client.clone();
+            let call = client.write_one(request(write.clone(), CALL_DEADLINE));
+            match within(CALL_DEADLINE, call).await {
                 Ok(ack) => {
                     let ack = ack.into_inner();
                     return Ok((ack.outcome(), ack.message));
@@ -131,14 +139,10 @@ impl Ledger {
 
     pub async fn claim(
         &self,
-        request: ClaimSettlementsRequest,
+        claim: ClaimSettlementsRequest,
     ) -> Result<Vec<ClaimedSettlement>, BillingError> {
-        Ok(self
-            .client
-            .clone()
-            .claim_settlements(request)
-            .await?
-            .into_inner()
-            .claimed)
+        let mut client = self.client.clone();
+        let call = client.claim_settlements(request(claim, CALL_DEADLINE));
+        Ok(within(CALL_DEADLINE, call).await?.into_inner().claimed)
     }
 }

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -22,6 +22,8 @@ pub enum GrpcError {
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("no gRPC endpoint in `{0}`")]
+    NoEndpoint(String),
     #[error("invalid gRPC endpoint `{url}`: {source}")]
     Endpoint {
         url: String,
@@ -116,18 +118,4 @@ fn incoming(
         stream.set_nodelay(true)?;
         Ok(stream)
     })
-}
-
-/// A channel that connects on first use and reconnects by itself, so services
-/// can start in any order.
-pub fn lazy_channel(url: &str) -> Result<Channel, GrpcError> {
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|source| GrpcError::Endpoint {
-        url: url.to_owned(),
-        source,
-    })?;
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect_lazy())
 }

@@ -3,6 +3,7 @@
 //! drain) and shutdown signals.
 
 pub mod args;
+pub mod client;
 mod cutoff;
 pub mod grpc;
 pub mod propagation;

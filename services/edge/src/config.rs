@@ -4,7 +4,8 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// gRPC URL of the inference service.
+    /// gRPC URL of the inference service; a comma-separated list reaches
+    /// several replicas through one balanced channel (as for every URL here).
     #[arg(
         long,
         env = "RUNGATE_INFERENCE_URL",
@@ -43,6 +44,40 @@ pub struct Config {
     #[arg(long, env = "RUNGATE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
+    /// A request's head must arrive within this (slow clients are cut off);
+    /// an HTTP/1 connection idle between requests is closed after it too.
+    #[arg(long, env = "RUNGATE_HEADER_TIMEOUT", default_value = "15s",
+          value_parser = rungate_common::args::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// The whole request body must arrive within this (408 otherwise).
+    #[arg(long, env = "RUNGATE_BODY_TIMEOUT", default_value = "30s",
+          value_parser = rungate_common::args::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Requests served at once (a stream counts until its end); more get
+    /// 503 with Retry-After instead of a queue.
+    #[arg(long, env = "RUNGATE_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// Deadline of quick internal calls (quotes, token counts, the payment
+    /// verdict, receipts, the model list); past it the client gets 504.
+    #[arg(long, env = "RUNGATE_RPC_TIMEOUT", default_value = "10s",
+          value_parser = rungate_common::args::parse_duration)]
+    pub rpc_timeout: Duration,
+
+    /// How long the engine may take to accept a call and start it (queue
+    /// wait and, for upstreams, the first token).
+    #[arg(long, env = "RUNGATE_GENERATE_TIMEOUT", default_value = "120s",
+          value_parser = rungate_common::args::parse_duration)]
+    pub generate_timeout: Duration,
+
+    /// How long to wait for billing's settlement answer (sync settlement
+    /// waits for the chain).
+    #[arg(long, env = "RUNGATE_SETTLE_TIMEOUT", default_value = "60s",
+          value_parser = rungate_common::args::parse_duration)]
+    pub settle_timeout: Duration,
+
     /// How long in-flight requests may run after shutdown begins.
     #[arg(long, env = "RUNGATE_DRAIN_TIMEOUT", default_value = "10s",
           value_parser = rungate_common::args::parse_duration)]
@@ -59,6 +94,12 @@ impl Config {
             free_mode: true,
             public_url: None,
             max_body_bytes: 1 << 20,
+            header_timeout: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            rpc_timeout: Duration::from_secs(10),
+            generate_timeout: Duration::from_secs(120),
+            settle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
         }
     }

@@ -81,6 +81,19 @@ impl ApiError {
         .unwrap_or_default()
     }
 
+    /// 503 with Retry-After: more requests at once than this edge serves.
+    pub fn overloaded() -> Self {
+        Self {
+            retry_after_secs: Some(1),
+            code: Some("overloaded"),
+            ..Self::server(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "The server is at capacity. Please retry shortly.".into(),
+            )
+        }
+    }
+
     pub fn not_found(message: String) -> Self {
         Self::invalid(None, message).with_status(StatusCode::NOT_FOUND)
     }
@@ -119,23 +132,28 @@ impl From<tonic::Status> for ApiError {
                 .with_status(StatusCode::NOT_FOUND)
                 .with_code("model_not_found"),
             Code::NotFound => Self::not_found(message),
-            Code::ResourceExhausted | Code::Unavailable => Self {
+            // Unknown is what a broken connection or a crashed peer gives: retry.
+            Code::ResourceExhausted | Code::Unavailable | Code::Unknown | Code::Aborted => Self {
                 retry_after_secs: Some(1),
                 ..Self::server(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
             },
-            Code::DeadlineExceeded => {
-                Self::server(StatusCode::GATEWAY_TIMEOUT, "server_error", message)
-            }
+            Code::DeadlineExceeded => Self {
+                retry_after_secs: Some(1),
+                ..Self::server(StatusCode::GATEWAY_TIMEOUT, "server_error", message)
+            },
             Code::Unimplemented => Self::server(
                 StatusCode::NOT_IMPLEMENTED,
                 "invalid_request_error",
                 message,
             ),
-            Code::Cancelled => Self::server(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "the request was cancelled".into(),
-            ),
+            Code::Cancelled => Self {
+                retry_after_secs: Some(1),
+                ..Self::server(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "the request was cancelled".into(),
+                )
+            },
             _ => {
                 tracing::error!(code = ?status.code(), %message, "internal service failed");
                 Self::server(
@@ -145,5 +163,29 @@ impl From<tonic::Status> for ApiError {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_failures_map_to_retryable_statuses() {
+        let cases = [
+            (tonic::Code::Unavailable, 503),
+            // A broken connection or a crashed peer: retry, not a 500.
+            (tonic::Code::Unknown, 503),
+            (tonic::Code::Cancelled, 503),
+            (tonic::Code::ResourceExhausted, 503),
+            (tonic::Code::DeadlineExceeded, 504),
+        ];
+        for (code, http) in cases {
+            let error = ApiError::from(tonic::Status::new(code, "x"));
+            assert_eq!(error.status.as_u16(), http, "{code:?}");
+            assert_eq!(error.retry_after_secs, Some(1), "{code:?}");
+        }
+        let bug = ApiError::from(tonic::Status::internal("x"));
+        assert_eq!(bug.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

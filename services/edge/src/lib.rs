@@ -7,6 +7,8 @@ mod openai;
 mod payment;
 mod recorder;
 mod routes;
+mod server;
+mod shed;
 mod sse;
 mod state;
 
@@ -27,29 +29,10 @@ pub async fn serve(
     let state = state::AppState::connect(&config)?;
     let app = routes::router(state, &config);
     tracing::info!(addr = %listener.local_addr()?, "edge serving");
-    let (drain_started, drain_begun) = tokio::sync::oneshot::channel::<()>();
-    // No Nagle: small writes (SSE chunks, short JSON answers) go out at
-    // once instead of waiting for the client's delayed ACK (up to 40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = drain_started.send(());
-    });
-    let server = server.into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return Ok(result?),
-        _ = drain_begun => {}
-    }
-    match tokio::time::timeout(config.drain_timeout, server).await {
-        Ok(result) => Ok(result?),
-        Err(_) => {
-            tracing::warn!(drain = ?config.drain_timeout, "drain deadline passed; dropping requests still in flight");
-            Ok(())
-        }
-    }
+    let limits = server::ConnectionLimits {
+        header_timeout: config.header_timeout,
+        http2_keep_alive: std::time::Duration::from_secs(20),
+    };
+    server::run(listener, app, limits, shutdown, config.drain_timeout).await;
+    Ok(())
 }

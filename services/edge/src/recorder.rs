@@ -74,15 +74,23 @@ async fn run(ledger: LedgerClient, mut pending: mpsc::Receiver<LedgerWrite>) {
     }
 }
 
+/// Deadline of one batch's write; a ledger slower than this is retried.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
 async fn send(ledger: &LedgerClient, batch: &[LedgerWrite]) -> Result<(), tonic::Status> {
+    use rungate_common::client::{drain, within};
     let request = futures::stream::iter([WriteBatch {
         writes: batch.to_vec(),
     }]);
-    let mut acks = ledger.clone().write(request).await?.into_inner();
-    let acked = acks
-        .message()
-        .await?
-        .ok_or_else(|| tonic::Status::unavailable("the ledger closed the stream without acks"))?;
+    let acked = within(WRITE_DEADLINE, async {
+        let mut acks = ledger.clone().write(request).await?.into_inner();
+        let acked = acks.message().await?.ok_or_else(|| {
+            tonic::Status::unavailable("the ledger closed the stream without acks")
+        })?;
+        drain(&mut acks, Duration::from_secs(1)).await;
+        Ok(acked)
+    })
+    .await?;
     for ack in acked.acks {
         // Applied or Duplicate are both recorded; anything else is a bug to see in logs.
         if ack.outcome != rungate_proto::ledger::v1::WriteOutcome::Applied as i32

@@ -1,4 +1,7 @@
-//! What every handler shares: gRPC clients to the internal services.
+//! What every handler shares: gRPC clients to the internal services and
+//! the deadlines of calls to them.
+
+use std::time::Duration;
 
 use rungate_common::propagation::TracePropagator;
 use rungate_proto::billing::v1::billing_service_client::BillingServiceClient;
@@ -22,6 +25,7 @@ pub struct AppState {
     /// None in free mode.
     pub billing: Option<BillingClient>,
     pub public_url: Option<std::sync::Arc<str>>,
+    pub deadlines: Deadlines,
     /// Models billing said are priced per call only (their quotes need no
     /// token count), learned from its quotes.
     flat_priced: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
@@ -41,11 +45,25 @@ impl AppState {
     }
 }
 
+/// How long the edge waits for each kind of internal answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// Quick calls: quotes, token counts, the payment verdict, receipts.
+    pub rpc: Duration,
+    /// Until the engine has accepted and started a call.
+    pub generate: Duration,
+    /// Billing's settlement answer.
+    pub settle: Duration,
+    /// A response stream's trailers after its last message.
+    pub trailers: Duration,
+}
+
 impl AppState {
     pub fn connect(config: &Config) -> anyhow::Result<Self> {
-        let inference = rungate_common::grpc::lazy_channel(&config.inference_url)?;
+        use rungate_common::client::{CONNECTIONS_PER_ENDPOINT, channel};
+        let inference = channel(&config.inference_url, CONNECTIONS_PER_ENDPOINT)?;
         let ledger = LedgerServiceClient::with_interceptor(
-            rungate_common::grpc::lazy_channel(&config.ledger_url)?,
+            channel(&config.ledger_url, CONNECTIONS_PER_ENDPOINT)?,
             TracePropagator,
         );
         Ok(Self {
@@ -55,11 +73,17 @@ impl AppState {
                 None
             } else {
                 Some(BillingServiceClient::with_interceptor(
-                    rungate_common::grpc::lazy_channel(&config.billing_url)?,
+                    channel(&config.billing_url, CONNECTIONS_PER_ENDPOINT)?,
                     TracePropagator,
                 ))
             },
             public_url: config.public_url.as_deref().map(std::sync::Arc::from),
+            deadlines: Deadlines {
+                rpc: config.rpc_timeout,
+                generate: config.generate_timeout,
+                settle: config.settle_timeout,
+                trailers: Duration::from_secs(1),
+            },
             flat_priced: Default::default(),
             ledger,
         })

@@ -15,6 +15,8 @@ use rungate_proto::inference::v1::{
 };
 use tonic::Streaming;
 
+use rungate_common::client::{drain, within};
+
 use crate::ApiError;
 use crate::openai::{
     AssistantMessage, ChatRequest, Chunk, ChunkChoice, Completion, CompletionChoice, Delta, Usage,
@@ -26,19 +28,71 @@ use crate::routes::paid::{self, Gate, PaidSession};
 use crate::sse;
 use crate::state::AppState;
 
+/// What a request body may be: how large, and how long it may take to arrive.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub timeout: std::time::Duration,
+}
+
+/// The whole body, or the right refusal: 413 when it is (or announces it
+/// will be) over the limit, decided from Content-Length before reading;
+/// 408 when it does not arrive in time; 400 when its framing is broken.
+async fn read_body(
+    headers: &http::HeaderMap,
+    body: Body,
+    limits: BodyLimits,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::invalid(
+            None,
+            format!(
+                "The request body is larger than the {}-byte limit.",
+                limits.max_bytes
+            ),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limits.max_bytes as u64) {
+        return Err(too_large());
+    }
+    let read = axum::body::to_bytes(body, limits.max_bytes);
+    match tokio::time::timeout(limits.timeout, read).await {
+        Err(_) => Err(ApiError::invalid(
+            None,
+            format!(
+                "The request body did not arrive within {:?}.",
+                limits.timeout
+            ),
+        )
+        .with_status(StatusCode::REQUEST_TIMEOUT)),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => {
+            let over_limit = std::error::Error::source(&error)
+                .is_some_and(|cause| cause.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                Err(too_large())
+            } else {
+                Err(ApiError::invalid(
+                    None,
+                    format!("The request body could not be read: {error}."),
+                ))
+            }
+        }
+    }
+}
+
 pub async fn completions(
     State(state): State<AppState>,
     request: Request,
-    body_limit: usize,
+    body_limits: BodyLimits,
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, body_limit).await.map_err(|_| {
-        ApiError::invalid(
-            None,
-            format!("The request body is larger than the {body_limit}-byte limit."),
-        )
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-    })?;
+    let bytes = read_body(&parts.headers, body, body_limits).await?;
     let chat = ChatRequest::parse(&bytes)?;
     // Random (v4), not time-ordered: the id is also the receipt id, which
     // must not be guessable.
@@ -74,12 +128,16 @@ pub async fn completions(
     };
     // Errors before the first token (unknown model, refused fields, engine
     // overloaded) arrive here and become proper HTTP statuses.
-    let events = state
-        .inference
-        .clone()
-        .generate(generate)
-        .await?
-        .into_inner();
+    let deadline = state.deadlines.generate;
+    let events = within(
+        deadline,
+        state
+            .inference
+            .clone()
+            .generate(rungate_common::client::request(generate, deadline)),
+    )
+    .await?
+    .into_inner();
     // A streamed call's payment header goes out with the first byte: wait
     // for it (in sync settlement, while the engine processes the prompt).
     let settled = match &mut paid {
@@ -99,6 +157,7 @@ pub async fn completions(
         created,
         model: chat.model,
         served_by: String::new(),
+        trailers: state.deadlines.trailers,
         // Paid calls' usage is recorded by billing, with their charge.
         usage: paid.is_none().then(|| state.usage.clone()),
         paid,
@@ -121,6 +180,8 @@ struct Call {
     model: String,
     /// The engine's name for what served the call (from its Started event).
     served_by: String,
+    /// How long to wait for the engine stream's trailers after `Finished`.
+    trailers: std::time::Duration,
     /// Free mode: the recorder that writes this call's usage.
     usage: Option<UsageRecorder>,
     paid: Option<PaidSession>,
@@ -151,6 +212,8 @@ async fn complete(
             Some(Event::Delta(delta)) => text.push_str(&delta.text),
             Some(Event::Started(started)) => call.served_by = started.served_by,
             Some(Event::Finished(finished)) => {
+                // The stream ends right after; read its end rather than reset it.
+                drain(&mut events, call.trailers).await;
                 call.finished(&finished);
                 let body = Completion {
                     id: &call.id,
@@ -178,6 +241,7 @@ async fn complete(
                     if !settled.success {
                         let mut response = paid::settlement_failed(&session, &settled);
                         set_request_id(&mut response, &call.id);
+                        tokio::spawn(session.finish());
                         return Ok(response);
                     }
                     payment::set_response_header(&mut response, session.version, &settled);
@@ -325,6 +389,7 @@ impl Frames {
             Ok(Some(GenerateEvent {
                 event: Some(Event::Finished(finished)),
             })) => {
+                drain(&mut self.events, self.call.trailers).await;
                 self.call.finished(&finished);
                 if let Some(session) = self.call.paid.take() {
                     let usage = finished.usage.unwrap_or_default();

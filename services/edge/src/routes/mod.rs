@@ -13,16 +13,27 @@ use crate::Config;
 use crate::state::AppState;
 
 pub fn router(state: AppState, config: &Config) -> Router {
-    let limit = config.max_body_bytes;
-    Router::new()
+    let body = chat::BodyLimits {
+        max_bytes: config.max_body_bytes,
+        timeout: config.body_timeout,
+    };
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        config.max_concurrent_requests.max(1),
+    ));
+    // The API sheds load; health answers regardless, so balancers see us.
+    let api = Router::new()
         .route(
             "/v1/chat/completions",
-            post(move |state, request| chat::completions(state, request, limit)),
+            post(move |state, request| chat::completions(state, request, body)),
         )
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::one))
         .route("/v1/receipts/{id}", get(receipts::one))
-        .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn_with_state(
+            slots,
+            crate::shed::shed,
+        ));
+    api.route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .layer(cors())
         .layer(TraceLayer::new_for_http().make_span_with(http_span))

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use rungate_common::client::{request, within};
 use rungate_proto::inference::v1::{ListModelsRequest, Model};
 use serde_json::{Value, json};
 
@@ -18,11 +19,9 @@ fn model_json(model: &Model) -> Value {
 }
 
 async fn fetch(state: &AppState) -> Result<Vec<Model>, ApiError> {
-    let response = state
-        .inference
-        .clone()
-        .list_models(ListModelsRequest {})
-        .await?;
+    let deadline = state.deadlines.rpc;
+    let list = request(ListModelsRequest {}, deadline);
+    let response = within(deadline, state.inference.clone().list_models(list)).await?;
     Ok(response.into_inner().models)
 }
 

@@ -3,6 +3,7 @@
 
 use axum::response::Response;
 use http::HeaderMap;
+use rungate_common::client::{drain, request, within};
 use rungate_proto::billing::v1::{
     AuthorizeRequest, Completed, PaidCallEvent, PaidCallUpdate, QuoteRequest, SettleResponse,
     paid_call_event::Event, paid_call_update::Update,
@@ -40,18 +41,23 @@ pub async fn gate(
     let presented = payment::presented(headers)?;
     // The quote depends on the prompt's tokens as the model counts them,
     // unless billing told us the model is priced per call only.
+    let deadline = state.deadlines.rpc;
     let counted = if state.is_flat_priced(&chat.model) {
         CountTokensResponse::default()
     } else {
-        state
-            .inference
-            .clone()
-            .count_tokens(CountTokensRequest {
-                model: chat.model.clone(),
-                messages: chat.messages.clone(),
-            })
-            .await?
-            .into_inner()
+        let count = CountTokensRequest {
+            model: chat.model.clone(),
+            messages: chat.messages.clone(),
+        };
+        within(
+            deadline,
+            state
+                .inference
+                .clone()
+                .count_tokens(request(count, deadline)),
+        )
+        .await?
+        .into_inner()
     };
     let resource = payment::resource_url(state.public_url.as_deref(), headers, path);
     let quote = QuoteRequest {
@@ -64,7 +70,9 @@ pub async fn gate(
         resource: resource.clone(),
     };
     let Some(payment_json) = presented else {
-        let quote = billing.clone().quote(quote).await?.into_inner();
+        let quote = within(deadline, billing.clone().quote(request(quote, deadline)))
+            .await?
+            .into_inner();
         if quote.flat {
             state.learn_flat_priced(&chat.model);
         }
@@ -85,12 +93,15 @@ pub async fn gate(
         })),
     };
     let _ = events.send(open).await;
-    let mut updates = billing
-        .clone()
-        .paid_call(tokio_stream::wrappers::ReceiverStream::new(outbound))
-        .await?
-        .into_inner();
-    match updates.message().await? {
+    let outbound = tokio_stream::wrappers::ReceiverStream::new(outbound);
+    // The deadline covers the verdict; the rest of the call has its own.
+    let (mut updates, verdict) = within(deadline, async {
+        let mut updates = billing.clone().paid_call(outbound).await?.into_inner();
+        let verdict = updates.message().await?;
+        Ok((updates, verdict))
+    })
+    .await?;
+    match verdict {
         Some(PaidCallUpdate {
             update: Some(Update::Authorized(verdict)),
         }) if verdict.is_valid => Ok(Gate::Paid(Box::new(PaidSession {
@@ -98,15 +109,21 @@ pub async fn gate(
             updates,
             version: verdict.x402_version,
             settled: None,
+            deadlines: state.deadlines,
         }))),
         Some(PaidCallUpdate {
             update: Some(Update::Authorized(verdict)),
-        }) => Ok(Gate::Refused(payment::required(
-            &verdict.invalid_reason,
-            &resource,
-            &verdict.requirements_v1_json,
-            &verdict.requirements_v2_json,
-        ))),
+        }) => {
+            // Billing ends the call after a refusal: read that end.
+            drop(events);
+            drain(&mut updates, state.deadlines.trailers).await;
+            Ok(Gate::Refused(payment::required(
+                &verdict.invalid_reason,
+                &resource,
+                &verdict.requirements_v1_json,
+                &verdict.requirements_v2_json,
+            )))
+        }
         _ => {
             Err(tonic::Status::unavailable("billing ended the paid call without a verdict").into())
         }
@@ -120,6 +137,7 @@ pub struct PaidSession {
     updates: Streaming<PaidCallUpdate>,
     pub version: u32,
     settled: Option<SettleResponse>,
+    deadlines: crate::state::Deadlines,
 }
 
 impl PaidSession {
@@ -129,13 +147,20 @@ impl PaidSession {
         if let Some(settled) = &self.settled {
             return Ok(settled.clone());
         }
-        while let Some(update) = self.updates.message().await? {
-            if let Some(Update::Settled(settled)) = update.update {
-                self.settled = Some(settled.clone());
-                return Ok(settled);
+        let updates = &mut self.updates;
+        let settled = within(self.deadlines.settle, async {
+            while let Some(update) = updates.message().await? {
+                if let Some(Update::Settled(settled)) = update.update {
+                    return Ok(settled);
+                }
             }
-        }
-        Err(tonic::Status::unavailable("billing ended the paid call before settling").into())
+            Err(tonic::Status::unavailable(
+                "billing ended the paid call before settling",
+            ))
+        })
+        .await?;
+        self.settled = Some(settled.clone());
+        Ok(settled)
     }
 
     /// The call was served.
@@ -153,16 +178,17 @@ impl PaidSession {
             .try_send(completed(usage, finish_reason, engine));
     }
 
-    /// Ends the call and waits until billing has finished with it.
-    pub async fn finish(self) -> Result<(), ApiError> {
+    /// Ends the call and waits (within the settle deadline) until billing
+    /// has finished with it, reading its stream to the end.
+    pub async fn finish(self) {
         let Self {
             events,
             mut updates,
+            deadlines,
             ..
         } = self;
         drop(events);
-        while updates.message().await?.is_some() {}
-        Ok(())
+        drain(&mut updates, deadlines.settle).await;
     }
 }
 

@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use rungate_common::client::{request, within};
 use rungate_proto::ledger::v1::{GetReceiptRequest, SettlementStatus};
 use serde_json::{Value, json};
 
@@ -14,13 +15,15 @@ pub async fn one(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let receipt = state
-        .ledger
-        .clone()
-        .get_receipt(GetReceiptRequest {
+    let deadline = state.deadlines.rpc;
+    let lookup = request(
+        GetReceiptRequest {
             request_id: id.clone(),
             authorization: None,
-        })
+        },
+        deadline,
+    );
+    let receipt = within(deadline, state.ledger.clone().get_receipt(lookup))
         .await
         .map_err(|status| match status.code() {
             tonic::Code::NotFound => ApiError::not_found(format!("No receipt '{id}'")),
