@@ -2,8 +2,9 @@
 pragma solidity 0.8.37;
 
 /// A USDC-like token for RunGate's dev chain: ERC-20 with 6 decimals and
-/// EIP-3009 transferWithAuthorization (both the v,r,s and the bytes-signature
-/// forms), signed over EIP-712 with name "USD Coin" and version "2", as on Base.
+/// EIP-3009 transferWithAuthorization and receiveWithAuthorization (both the
+/// v,r,s and the bytes-signature forms), signed over EIP-712 with name
+/// "USD Coin" and version "2", as on Base.
 contract UsdCoin {
     string public constant name = "USD Coin";
     string public constant symbol = "USDC";
@@ -12,6 +13,9 @@ contract UsdCoin {
 
     bytes32 public constant TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak256(
         "TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"
+    );
+    bytes32 public constant RECEIVE_WITH_AUTHORIZATION_TYPEHASH = keccak256(
+        "ReceiveWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"
     );
     bytes32 private constant DOMAIN_TYPEHASH = keccak256(
         "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
@@ -74,33 +78,53 @@ contract UsdCoin {
         address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce,
         uint8 v, bytes32 r, bytes32 s
     ) external {
-        _transferWithAuthorization(from, to, value, validAfter, validBefore, nonce, v, r, s);
+        _useAuthorization(TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, v, r, s);
     }
 
     function transferWithAuthorization(
         address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce,
         bytes memory signature
     ) external {
+        (uint8 v, bytes32 r, bytes32 s) = _split(signature);
+        _useAuthorization(TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, v, r, s);
+    }
+
+    /// Like transferWithAuthorization, but only the recipient may submit it,
+    /// so nobody can front-run the recipient's own call with the signature.
+    function receiveWithAuthorization(
+        address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce,
+        uint8 v, bytes32 r, bytes32 s
+    ) external {
+        require(to == msg.sender, "caller must be the payee");
+        _useAuthorization(RECEIVE_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, v, r, s);
+    }
+
+    function receiveWithAuthorization(
+        address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce,
+        bytes memory signature
+    ) external {
+        require(to == msg.sender, "caller must be the payee");
+        (uint8 v, bytes32 r, bytes32 s) = _split(signature);
+        _useAuthorization(RECEIVE_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce, v, r, s);
+    }
+
+    function _split(bytes memory signature) private pure returns (uint8 v, bytes32 r, bytes32 s) {
         require(signature.length == 65, "invalid signature length");
-        bytes32 r;
-        bytes32 s;
-        uint8 v;
         assembly {
             r := mload(add(signature, 0x20))
             s := mload(add(signature, 0x40))
             v := byte(0, mload(add(signature, 0x60)))
         }
-        _transferWithAuthorization(from, to, value, validAfter, validBefore, nonce, v, r, s);
     }
 
-    function _transferWithAuthorization(
-        address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce,
-        uint8 v, bytes32 r, bytes32 s
+    function _useAuthorization(
+        bytes32 typehash, address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
+        bytes32 nonce, uint8 v, bytes32 r, bytes32 s
     ) private {
         require(block.timestamp > validAfter, "authorization is not yet valid");
         require(block.timestamp < validBefore, "authorization is expired");
         require(!usedAuthorizations[from][nonce], "authorization is used or canceled");
-        bytes32 structHash = keccak256(abi.encode(TRANSFER_WITH_AUTHORIZATION_TYPEHASH, from, to, value, validAfter, validBefore, nonce));
+        bytes32 structHash = keccak256(abi.encode(typehash, from, to, value, validAfter, validBefore, nonce));
         bytes32 digest = keccak256(abi.encodePacked("\x19\x01", DOMAIN_SEPARATOR(), structHash));
         require(uint256(s) <= HALF_ORDER, "invalid signature 's' value");
         address signer = ecrecover(digest, v, r, s);

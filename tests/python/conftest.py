@@ -98,7 +98,8 @@ def run_cluster(*extra):
 
 @pytest.fixture(scope="session")
 def cluster():
-    """The cluster as README starts it: payments on, deferred settlement."""
+    """The cluster as README starts it: payments on, deferred settlement
+    (batch-settlement collected when a test asks, not on a timer)."""
     if os.environ.get("RUNGATE_EDGE_URL"):
         yield Cluster(
             os.environ["RUNGATE_EDGE_URL"],
@@ -106,13 +107,21 @@ def cluster():
             os.environ.get("RUNGATE_BILLING_URL", ""),
         )
         return
-    yield from run_cluster()
+    yield from run_cluster("--claim-interval", "30m")
 
 
 @pytest.fixture(scope="session")
 def sync_cluster():
     """A second cluster that settles every call before answering."""
     yield from run_cluster("--settlement", "sync")
+
+
+@pytest.fixture(scope="session")
+def time_travel_cluster():
+    """A cluster of its own for tests that move the dev chain's clock
+    forward (payments signed against the wall clock would look expired on
+    the shared one)."""
+    yield from run_cluster()
 
 
 @pytest.fixture(scope="session")

@@ -83,10 +83,10 @@ def fund(url, amount):
     return account
 
 
-def send_as(url, account, data):
+def send_as(url, account, data, to=TOKEN):
     """Signs and sends a transaction from `account` (not unlocked on anvil)."""
     tx = {
-        "to": TOKEN, "data": data, "value": 0, "chainId": CHAIN_ID, "gas": 200_000,
+        "to": to, "data": data, "value": 0, "chainId": CHAIN_ID, "gas": 200_000,
         "nonce": int(rpc(url, "eth_getTransactionCount", [account.address, "pending"]), 16),
         "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9,
     }

@@ -244,7 +244,7 @@ def test_sync_settlement_answers_with_the_transaction(sync_cluster, stream):
     assert balance(chain, payer.address) == 9
     assert_pays_to(transfers(chain, settle["transaction"]), payer.address, 1)
     found = receipt(url, headers["x-rungate-receipt"])
-    assert found["settlement"] == {"network": "eip155:8453", "status": "settled",
+    assert found["settlement"] == {"scheme": "exact", "network": "eip155:8453", "status": "settled",
                                    "transaction": settle["transaction"]}
 
 

@@ -20,8 +20,19 @@ pub const CHAIN_ID: u64 = 8453;
 pub const PAY_TO: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
 /// Billing's settlement signer, which pays the gas (anvil's fourth account).
 pub const SETTLER_KEY: &str = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6";
+/// Billing's batch-settlement receiverAuthorizer, which signs claims and
+/// refunds and needs no gas (anvil's sixth account).
+pub const RECEIVER_AUTHORIZER_KEY: &str =
+    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba";
+pub const RECEIVER_AUTHORIZER: &str = "0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc";
 /// The token's address: the deployer's first contract on a fresh chain.
 pub const TOKEN: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+/// x402 batch-settlement's escrow and its EIP-3009 deposit collector, at the
+/// canonical addresses the official clients hard-code (ours stand in for the
+/// contracts deployed there on Base), and Multicall3 at its own.
+pub const BATCH_SETTLEMENT: &str = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003";
+pub const ERC3009_COLLECTOR: &str = "0x4020806089470a89826cB9fB1f4059150b550004";
+pub const MULTICALL3: &str = "0xcA11bde05977b3631167028862bE2a173976CA11";
 /// 1,000 USDC in atomic units (6 decimals).
 const FUNDING: u128 = 1_000_000_000;
 
@@ -169,10 +180,14 @@ pub async fn start(root: &Path, port: u16) -> anyhow::Result<DevChain> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let artifact: Value = serde_json::from_str(&std::fs::read_to_string(
-        root.join("contracts/build/UsdCoin.json"),
-    )?)?;
-    let bytecode = artifact["bytecode"].as_str().context("bytecode")?;
+    let artifact = |name: &str| -> anyhow::Result<Value> {
+        let path = root.join(format!("contracts/build/{name}.json"));
+        Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+    };
+    let code = |artifact: &Value, key: &str| -> anyhow::Result<String> {
+        Ok(artifact[key].as_str().context("bytecode")?.to_owned())
+    };
+    let bytecode = code(&artifact("UsdCoin")?, "bytecode")?;
     let deployed = transact(
         &client,
         &rpc_url,
@@ -199,6 +214,53 @@ pub async fn start(root: &Path, port: u16) -> anyhow::Result<DevChain> {
     )
     .await?;
     chain.token = token;
+    // The escrow and Multicall3 keep no immutables: their runtime code goes
+    // straight to the canonical addresses.
+    for (name, address) in [
+        ("X402BatchSettlement", BATCH_SETTLEMENT),
+        ("Multicall3", MULTICALL3),
+    ] {
+        let runtime = code(&artifact(name)?, "deployedBytecode")?;
+        rpc(
+            &client,
+            &rpc_url,
+            "anvil_setCode",
+            json!([address, runtime]),
+        )
+        .await?;
+    }
+    // The collector's escrow address is an immutable: deploy it for real,
+    // then copy what its constructor produced.
+    let constructor = format!(
+        "{}{:0>64}",
+        code(&artifact("ERC3009DepositCollector")?, "bytecode")?,
+        BATCH_SETTLEMENT
+            .trim_start_matches("0x")
+            .to_ascii_lowercase()
+    );
+    let collector = transact(
+        &client,
+        &rpc_url,
+        json!({"from": DEPLOYER, "data": constructor}),
+    )
+    .await?;
+    let deployed = collector["contractAddress"]
+        .as_str()
+        .context("collector address")?;
+    let runtime = rpc(
+        &client,
+        &rpc_url,
+        "eth_getCode",
+        json!([deployed, "latest"]),
+    )
+    .await?;
+    rpc(
+        &client,
+        &rpc_url,
+        "anvil_setCode",
+        json!([ERC3009_COLLECTOR, runtime]),
+    )
+    .await?;
     Ok(chain)
 }
 

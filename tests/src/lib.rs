@@ -3,6 +3,7 @@
 //! talking real gRPC to each other. One cluster is shared by every test in a
 //! test binary; it lives on its own runtime so it outlives each test's.
 
+pub mod batch;
 pub mod chain;
 pub mod chain_proxy;
 pub mod cluster;

@@ -30,6 +30,9 @@ pub struct PaidOptions {
     pub chain_reads: rungate_billing::config::ChainReads,
     pub receipt_timeout: Duration,
     pub settle_interval: Duration,
+    /// How often batch-settlement channels are claimed.
+    pub claim_interval: Duration,
+    pub voucher_flush: Duration,
 }
 
 impl Default for PaidOptions {
@@ -39,6 +42,8 @@ impl Default for PaidOptions {
             chain_reads: rungate_billing::config::ChainReads::Cached,
             receipt_timeout: Duration::from_secs(2),
             settle_interval: Duration::from_millis(100),
+            claim_interval: Duration::from_secs(3600),
+            voucher_flush: Duration::from_millis(20),
         }
     }
 }
@@ -92,6 +97,11 @@ impl PaidStack {
             chain_reads: options.chain_reads,
             receipt_timeout: options.receipt_timeout,
             settle_interval: options.settle_interval,
+            receiver_authorizer_key: Some(rungate_billing::config::Redacted(
+                chain::RECEIVER_AUTHORIZER_KEY.into(),
+            )),
+            claim_interval: options.claim_interval,
+            voucher_flush: options.voucher_flush,
             ..Default::default()
         };
         tokio::spawn(async move {

@@ -50,5 +50,6 @@ pub fn usage(request_id: &str, amount: u128) -> Usage {
         charged: Some(amount.into()),
         engine: "test".into(),
         finish_reason: "stop".into(),
+        ..Default::default()
     }
 }

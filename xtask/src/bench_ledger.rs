@@ -67,6 +67,7 @@ fn call(id: &str) -> [LedgerWrite; 3] {
                 charged: Some(1u128.into()),
                 engine: "local".into(),
                 finish_reason: "stop".into(),
+                ..Default::default()
             }),
         ),
         write(

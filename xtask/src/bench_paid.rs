@@ -1,20 +1,26 @@
-//! `cargo xtask bench-paid`: what x402 payment adds to a call. Two edges
-//! share one fast fake engine (the fake OpenAI upstream: no model in the
-//! way) and one ledger; one serves free, the other asks billing (deferred
-//! settlement, cached chain reads: the configuration meant for speed) to
-//! authorize every call with a fresh EIP-3009 payment, pre-signed so the
-//! client's signing is not measured. Latency alternates free and paid calls;
-//! throughput runs each side with concurrent clients. The settlement worker
-//! settles on anvil meanwhile, as it would in production.
+//! `cargo xtask bench-paid`: what x402 payment adds to a call, per scheme.
+//! Two edges share one fast fake engine (the fake OpenAI upstream: no model
+//! in the way) and one ledger; one serves free, the other asks billing
+//! (deferred settlement, cached chain reads: the configuration meant for
+//! speed) to authorize every call. `exact`: a fresh EIP-3009 payment per
+//! call; `batch`: one deposit per client's channel, then a voucher per call.
+//! Payments are pre-signed so the client's signing is not measured. Latency
+//! alternates free and paid calls; throughput runs each side with
+//! concurrent clients. The settlement worker settles `exact` calls on anvil
+//! meanwhile, as it would in production; batch-settlement is then collected
+//! with one claim and one sweep, and their gas gives the per-call cost.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloy_signer_local::PrivateKeySigner;
+use rungate_tests::batch::{BatchPayer, batch_offer};
 use rungate_tests::fake_upstream::FakeUpstream;
 use rungate_tests::paid::{PaidOptions, PaidStack};
 use rungate_tests::postgres::Postgres;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 #[derive(clap::Args)]
@@ -23,15 +29,20 @@ pub struct PaidBenchArgs {
     #[arg(long, default_value_t = 500)]
     calls: usize,
     /// Concurrent clients in the throughput runs.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Seconds per throughput run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Which paid side to measure next to free: exact, batch or all.
+    #[arg(long, default_value = "all")]
+    scheme: String,
 }
 
 const BODY: &str =
     r#"{"model":"fake-echo","messages":[{"role":"user","content":"benchmark me"}],"max_tokens":4}"#;
+/// Each batch channel's deposit: more than any run spends.
+const DEPOSIT: u128 = 1 << 40;
 
 pub fn run(args: PaidBenchArgs) -> anyhow::Result<()> {
     let mut postgres = Postgres::start(true)?;
@@ -42,6 +53,21 @@ pub fn run(args: PaidBenchArgs) -> anyhow::Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     postgres.stop();
     result
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One measured side: its latencies and rate.
+struct Side {
+    name: &'static str,
+    p50: f64,
+    p99: f64,
+    rate: f64,
+    failed: u64,
 }
 
 async fn measure(args: &PaidBenchArgs, database_url: &str) -> anyhow::Result<()> {
@@ -78,72 +104,156 @@ engine = {{ kind = "upstream", upstreams = [{{ base_url = "{upstream_url}/fast/v
     let free = rungate_edge::Config::new(&inference_url, &paid.ledger_url);
     tokio::spawn(rungate_edge::serve(listener, free, std::future::pending()));
 
-    let payer = PrivateKeySigner::random();
-    rungate_tests::chain::mint(&paid.chain_url, &payer.address().to_checksum(None), 1 << 60)
-        .await?;
     let client = reqwest::Client::new();
     let paid_url = format!("{}/v1/chat/completions", paid.edge_url);
     let free_url = format!("{free_url}/v1/chat/completions");
     let unpaid = post(&client, &paid_url, None).await?;
     let required = rungate_tests::x402::payment_required(unpaid.headers())?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    // Enough for 3,000 paid calls/s; running out ends the run early (reported).
-    let budget = args.calls + 40 + 3_000 * args.seconds as usize;
-    eprintln!("pre-signing {budget} payments…");
-    let payments: Vec<String> = (0..budget)
-        .map(|_| rungate_tests::x402::pay(&payer, &required, now, 3_600))
-        .collect::<Result<_, _>>()?;
-    let payments = Arc::new(Payments {
-        all: payments,
-        next: AtomicUsize::new(0),
-    });
 
-    // Warm both paths (connections, the payer's cached balance).
     for _ in 0..20 {
         call(&client, &free_url, None).await?;
-        call(&client, &paid_url, payments.take()).await?;
     }
-    let (mut free_ms, mut paid_ms) = (Vec::new(), Vec::new());
-    for _ in 0..args.calls {
-        free_ms.push(call(&client, &free_url, None).await?);
-        paid_ms.push(call(&client, &paid_url, payments.take()).await?);
+    let mut sides = vec![side(args, "free", &client, &free_url, &Sources::Free).await];
+    let mut gas = None;
+    if args.scheme == "exact" || args.scheme == "all" {
+        let payer = PrivateKeySigner::random();
+        rungate_tests::chain::mint(&paid.chain_url, &payer.address().to_checksum(None), 1 << 60)
+            .await?;
+        // Enough for 3,000 paid calls/s; running out ends the run early (reported).
+        let budget = args.calls + 40 + 3_000 * args.seconds as usize;
+        eprintln!("pre-signing {budget} exact payments…");
+        let now = now();
+        let all = (0..budget)
+            .map(|_| rungate_tests::x402::pay(&payer, &required, now, 3_600))
+            .collect::<Result<VecDeque<_>, _>>()?;
+        let sources = Sources::Exact(Mutex::new(all));
+        sides.push(side(args, "exact (deferred)", &client, &paid_url, &sources).await);
     }
-    let free_rate = throughput(args, &client, &free_url, None).await;
-    let paid_rate = throughput(args, &client, &paid_url, Some(payments.clone())).await;
-    if payments.next.load(Ordering::Relaxed) >= payments.all.len() {
-        eprintln!("warning: the pre-signed payments ran out; the paid rate is a lower bound");
+    if args.scheme == "batch" || args.scheme == "all" {
+        let channels = open_channels(args, &paid, &client, &paid_url, &required).await?;
+        let sources = Sources::Batch(channels);
+        sides.push(side(args, "batch-settlement", &client, &paid_url, &sources).await);
+        gas = Some(collect_gas(&paid).await?);
     }
 
-    let (f50, f99) = percentiles(&mut free_ms);
-    let (p50, p99) = percentiles(&mut paid_ms);
     println!(
-        "\nPaid vs free calls through the edge (fake engine, deferred settlement, cached chain reads; \
-         {} sequential calls each, then {} clients for {} s):\n",
+        "\nPaid vs free calls through the edge (fake engine, cached chain reads; {} sequential \
+         calls each, then {} clients for {} s):\n",
         args.calls, args.concurrency, args.seconds
     );
-    println!("| | p50 | p99 | calls/s |");
-    println!("|---|---|---|---|");
-    println!("| free | {f50:.2} ms | {f99:.2} ms | {free_rate:.0} |");
-    println!("| paid (x402) | {p50:.2} ms | {p99:.2} ms | {paid_rate:.0} |");
-    println!(
-        "| added by payment | {:.2} ms | {:.2} ms | |",
-        p50 - f50,
-        p99 - f99
-    );
+    println!("| side | p50 | p99 | added p50 | added p99 | calls/s | vs free | failed |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let free = (sides[0].p50, sides[0].p99, sides[0].rate);
+    for side in &sides {
+        println!(
+            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.0} | {:.0}% | {} |",
+            side.name,
+            side.p50,
+            side.p99,
+            side.p50 - free.0,
+            side.p99 - free.1,
+            side.rate,
+            100.0 * side.rate / free.2,
+            side.failed,
+        );
+    }
+    if let Some(gas) = gas {
+        gas.print();
+    }
     Ok(())
 }
 
-struct Payments {
-    all: Vec<String>,
-    next: AtomicUsize,
+/// Where a side's payments come from.
+enum Sources {
+    Free,
+    /// Pre-signed exact payments, each used once.
+    Exact(Mutex<VecDeque<String>>),
+    /// One channel per client: its pre-signed vouchers, in order.
+    Batch(Vec<Mutex<VecDeque<String>>>),
 }
 
-impl Payments {
-    fn take(&self) -> Option<&str> {
-        self.all
-            .get(self.next.fetch_add(1, Ordering::Relaxed))
-            .map(String::as_str)
+impl Sources {
+    /// The next payment for client `n`; Some(None) for free; None if out.
+    fn next(&self, n: usize) -> Option<Option<String>> {
+        match self {
+            Sources::Free => Some(None),
+            Sources::Exact(all) => all.lock().ok()?.pop_front().map(Some),
+            Sources::Batch(channels) => channels
+                .get(n % channels.len())?
+                .lock()
+                .ok()?
+                .pop_front()
+                .map(Some),
+        }
     }
+}
+
+async fn side(
+    args: &PaidBenchArgs,
+    name: &'static str,
+    client: &reqwest::Client,
+    url: &str,
+    sources: &Sources,
+) -> Side {
+    let mut ms = Vec::with_capacity(args.calls);
+    let mut failed = 0;
+    for _ in 0..args.calls {
+        match sources.next(0) {
+            Some(payment) => match call(client, url, payment.as_deref()).await {
+                Ok(latency) => ms.push(latency),
+                Err(error) => {
+                    failed += 1;
+                    eprintln!("{name}: {error}");
+                }
+            },
+            None => break,
+        }
+    }
+    let (rate, run_failed) = throughput(args, client, url, sources).await;
+    let (p50, p99) = percentiles(&mut ms);
+    Side {
+        name,
+        p50,
+        p99,
+        rate,
+        failed: failed + run_failed,
+    }
+}
+
+/// A channel per client (plus the latency run's, client 0's), each opened
+/// with a deposit paying its first call; their vouchers pre-signed.
+async fn open_channels(
+    args: &PaidBenchArgs,
+    paid: &PaidStack,
+    client: &reqwest::Client,
+    url: &str,
+    required: &Value,
+) -> anyhow::Result<Vec<Mutex<VecDeque<String>>>> {
+    let offer = batch_offer(required)?;
+    let price: u128 = offer["amount"].as_str().unwrap_or("1").parse()?;
+    let per_client = 3_000 * args.seconds as usize / args.concurrency.max(1) + args.calls + 40;
+    eprintln!(
+        "opening {} channels and pre-signing {} vouchers each…",
+        args.concurrency, per_client
+    );
+    let mut channels = Vec::with_capacity(args.concurrency);
+    for _ in 0..args.concurrency.max(1) {
+        let signer = PrivateKeySigner::random();
+        rungate_tests::chain::mint(
+            &paid.chain_url,
+            &signer.address().to_checksum(None),
+            DEPOSIT,
+        )
+        .await?;
+        let payer = BatchPayer::new(signer, &offer)?;
+        let deposit = payer.deposit(required, DEPOSIT, price, now(), 3_600)?;
+        call(client, url, Some(&deposit)).await?;
+        let vouchers = (2..per_client as u128 + 2)
+            .map(|n| payer.pay(required, n * price))
+            .collect::<Result<VecDeque<_>, _>>()?;
+        channels.push(Mutex::new(vouchers));
+    }
+    Ok(channels)
 }
 
 async fn post(
@@ -176,47 +286,166 @@ async fn call(client: &reqwest::Client, url: &str, payment: Option<&str>) -> any
     Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
+/// Calls/s with `concurrency` clients, and how many calls failed.
 async fn throughput(
     args: &PaidBenchArgs,
     client: &reqwest::Client,
     url: &str,
-    payments: Option<Arc<Payments>>,
-) -> f64 {
+    sources: &Sources,
+) -> (f64, u64) {
     let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| {
-            let (client, url, done, payments) = (
-                client.clone(),
-                url.to_owned(),
-                done.clone(),
-                payments.clone(),
-            );
-            tokio::spawn(async move {
-                while Instant::now() < deadline {
-                    let payment = match &payments {
-                        Some(p) => match p.take() {
-                            Some(payment) => Some(payment.to_owned()),
-                            None => return,
-                        },
-                        None => None,
-                    };
-                    if call(&client, &url, payment.as_deref()).await.is_ok() {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
+    let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    for worker in workers {
-        let _ = worker.await;
-    }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    let deadline = started + Duration::from_secs(args.seconds);
+    let next = AtomicUsize::new(0);
+    let workers = (0..args.concurrency).map(|_| {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        let (done, failed) = (done.clone(), failed.clone());
+        async move {
+            while Instant::now() < deadline {
+                let Some(payment) = sources.next(n) else {
+                    return;
+                };
+                match call(client, url, payment.as_deref()).await {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }
+    });
+    futures::future::join_all(workers).await;
+    (
+        done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
+        failed.load(Ordering::Relaxed),
+    )
 }
 
 fn percentiles(ms: &mut [f64]) -> (f64, f64) {
+    if ms.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
     ms.sort_by(f64::total_cmp);
     let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
     (at(0.5), at(0.99))
+}
+
+/// Gas of the transactions each scheme needs, from real receipts.
+struct Gas {
+    exact_per_call: Option<u64>,
+    deposit: u64,
+    claim: u64,
+    claimed_channels: u32,
+    sweep: u64,
+}
+
+impl Gas {
+    fn print(&self) {
+        let per_channel = self.claim as f64 / f64::from(self.claimed_channels.max(1));
+        println!(
+            "\nOn-chain gas (anvil receipts): deposit {} per channel; claim {} for {} channels \
+             ({per_channel:.0} each); sweep {} per collection{}.\n",
+            self.deposit,
+            self.claim,
+            self.claimed_channels,
+            self.sweep,
+            self.exact_per_call
+                .map(|g| format!("; exact: {g} per call"))
+                .unwrap_or_default()
+        );
+        println!("| calls per channel | batch-settlement gas per call | exact gas per call |");
+        println!("|---|---|---|");
+        for calls in [1_000u64, 100_000, 1_000_000] {
+            // One deposit and one claim row per channel; the sweep is shared
+            // by every channel of a collection (counted once per channel here,
+            // the worst case of one channel per collection).
+            let batch = (self.deposit as f64 + per_channel + self.sweep as f64) / calls as f64;
+            let exact = self
+                .exact_per_call
+                .map_or_else(|| "n/a".to_owned(), |g| g.to_string());
+            println!("| {calls} | {batch:.3} | {exact} |");
+        }
+    }
+}
+
+async fn gas_used(paid: &PaidStack, tx: &str) -> anyhow::Result<u64> {
+    let receipt = rungate_tests::chain::rpc(
+        &reqwest::Client::new(),
+        &paid.chain_url,
+        "eth_getTransactionReceipt",
+        json!([tx]),
+    )
+    .await?;
+    let hex = receipt["gasUsed"].as_str().unwrap_or("0x0");
+    Ok(u64::from_str_radix(hex.trim_start_matches("0x"), 16)?)
+}
+
+async fn collect_gas(paid: &PaidStack) -> anyhow::Result<Gas> {
+    use rungate_proto::billing::v1::CollectRequest;
+    use rungate_proto::billing::v1::billing_service_client::BillingServiceClient;
+    // Deposits: the escrow's Deposited logs name their transactions.
+    let logs = rungate_tests::chain::rpc(
+        &reqwest::Client::new(),
+        &paid.chain_url,
+        "eth_getLogs",
+        json!([{"address": rungate_tests::chain::BATCH_SETTLEMENT, "fromBlock": "0x0", "toBlock": "latest"}]),
+    )
+    .await?;
+    let deposit_tx = logs
+        .as_array()
+        .and_then(|l| l.first())
+        .and_then(|l| l["transactionHash"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut billing = BillingServiceClient::connect(paid.billing_url.clone()).await?;
+    let collected = billing.collect(CollectRequest {}).await?.into_inner();
+    let claim = match collected.claim_transactions.first() {
+        Some(tx) => gas_used(paid, tx).await?,
+        None => 0,
+    };
+    let sweep = match collected.sweep_transactions.first() {
+        Some(tx) => gas_used(paid, tx).await?,
+        None => 0,
+    };
+    let exact_per_call = exact_gas(paid).await?;
+    Ok(Gas {
+        exact_per_call,
+        deposit: gas_used(paid, &deposit_tx).await?,
+        claim,
+        claimed_channels: collected.channels_claimed,
+        sweep,
+    })
+}
+
+/// The gas of one `exact` settlement (a transferWithAuthorization sent to
+/// the token), if the run made one.
+async fn exact_gas(paid: &PaidStack) -> anyhow::Result<Option<u64>> {
+    let http = reqwest::Client::new();
+    let used = "0x98de503528ee59b575ef0c0a2576a82497bfc029a5685b209e9ec333479b10a5"; // AuthorizationUsed(address,bytes32)
+    let logs = rungate_tests::chain::rpc(
+        &http,
+        &paid.chain_url,
+        "eth_getLogs",
+        json!([{"address": rungate_tests::chain::TOKEN, "fromBlock": "0x0", "toBlock": "latest", "topics": [used]}]),
+    )
+    .await?;
+    for log in logs.as_array().into_iter().flatten() {
+        let Some(tx) = log["transactionHash"].as_str() else {
+            continue;
+        };
+        let sent = rungate_tests::chain::rpc(
+            &http,
+            &paid.chain_url,
+            "eth_getTransactionByHash",
+            json!([tx]),
+        )
+        .await?;
+        if sent["to"]
+            .as_str()
+            .is_some_and(|to| to.eq_ignore_ascii_case(rungate_tests::chain::TOKEN))
+        {
+            return Ok(Some(gas_used(paid, tx).await?));
+        }
+    }
+    Ok(None)
 }

@@ -34,6 +34,9 @@ pub struct DevArgs {
     /// Serve without payments (no 402s).
     #[arg(long)]
     free: bool,
+    /// How often batch-settlement channels are claimed and swept.
+    #[arg(long, env = "RUNGATE_CLAIM_INTERVAL", default_value = "60s")]
+    claim_interval: String,
     /// Verify and settle through this x402 facilitator; `self` uses
     /// billing's own facilitator API over HTTP, as an external one would be.
     #[arg(long)]
@@ -51,6 +54,7 @@ impl DevArgs {
             settlement: "deferred".into(),
             free: false,
             facilitator_url: None,
+            claim_interval: "60s".into(),
         }
     }
 }
@@ -162,7 +166,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             "RUNGATE_SETTLEMENT_KEY",
             rungate_tests::chain::SETTLER_KEY.into(),
         ));
+        env.push((
+            "RUNGATE_RECEIVER_AUTHORIZER_KEY",
+            rungate_tests::chain::RECEIVER_AUTHORIZER_KEY.into(),
+        ));
         env.push(("RUNGATE_SETTLEMENT", args.settlement.clone()));
+        env.push(("RUNGATE_CLAIM_INTERVAL", args.claim_interval.clone()));
         match args.facilitator_url.as_deref() {
             Some("self") => env.push(("RUNGATE_FACILITATOR_URL", url(billing_port))),
             Some(other) => env.push(("RUNGATE_FACILITATOR_URL", other.to_owned())),

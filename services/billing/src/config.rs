@@ -75,6 +75,40 @@ pub struct Config {
     #[arg(long, env = "RUNGATE_FACILITATOR_URL")]
     pub facilitator_url: Option<String>,
 
+    /// Private key (0x-hex) of our batch-settlement receiverAuthorizer: it
+    /// signs claims and refunds. Setting it (or its file) offers
+    /// batch-settlement next to `exact`. Prefer the file; never logged.
+    #[arg(long, env = "RUNGATE_RECEIVER_AUTHORIZER_KEY", hide_env_values = true)]
+    pub receiver_authorizer_key: Option<Redacted>,
+
+    /// File holding the receiverAuthorizer key.
+    #[arg(long, env = "RUNGATE_RECEIVER_AUTHORIZER_KEY_FILE")]
+    pub receiver_authorizer_key_file: Option<PathBuf>,
+
+    /// The deposit batch-settlement clients are asked for (`extra.minDeposit`),
+    /// in the asset's atomic units: 1000000 is 1 USDC, a million calls at
+    /// the list price.
+    #[arg(long, env = "RUNGATE_MIN_DEPOSIT", default_value_t = 1_000_000)]
+    pub min_deposit: u128,
+
+    /// A channel's withdrawal delay: how long a payer's timed withdrawal
+    /// waits (time for us to claim). 15m to 30 days.
+    #[arg(long, env = "RUNGATE_WITHDRAW_DELAY", default_value = "15m",
+          value_parser = rungate_common::args::parse_duration)]
+    pub withdraw_delay: Duration,
+
+    /// How often channels' earnings are claimed on chain (and swept to
+    /// payTo). A channel whose payer starts a withdrawal is claimed at once.
+    #[arg(long, env = "RUNGATE_CLAIM_INTERVAL", default_value = "60s",
+          value_parser = rungate_common::args::parse_duration)]
+    pub claim_interval: Duration,
+
+    /// How long served calls' vouchers gather before they are stored (one
+    /// ledger batch); what a billing crash can lose at most.
+    #[arg(long, env = "RUNGATE_VOUCHER_FLUSH", default_value = "20ms",
+          value_parser = rungate_common::args::parse_duration)]
+    pub voucher_flush: Duration,
+
     /// How long in-flight calls may run after shutdown begins.
     #[arg(long, env = "RUNGATE_DRAIN_TIMEOUT", default_value = "10s",
           value_parser = rungate_common::args::parse_duration)]
@@ -97,6 +131,12 @@ impl Default for Config {
             receipt_timeout: Duration::from_secs(30),
             settle_interval: Duration::from_millis(500),
             facilitator_url: None,
+            receiver_authorizer_key: None,
+            receiver_authorizer_key_file: None,
+            min_deposit: 1_000_000,
+            withdraw_delay: Duration::from_secs(900),
+            claim_interval: Duration::from_secs(60),
+            voucher_flush: Duration::from_millis(20),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -135,25 +175,60 @@ impl Config {
 
     /// The settlement signer, from --settlement-key or its file.
     pub fn settlement_signer(&self) -> Result<alloy_signer_local::PrivateKeySigner, BillingError> {
-        let key = match (&self.settlement_key, &self.settlement_key_file) {
-            (Some(key), _) => key.0.trim().to_owned(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| {
-                    BillingError::Config(format!("settlement key file {}: {e}", path.display()))
-                })?
-                .trim()
-                .to_owned(),
-            (None, None) => {
-                return Err(BillingError::Config(
-                    "payment networks are configured but no settlement key is (--settlement-key-file)".into(),
-                ));
-            }
-        };
-        // The error never echoes the key.
-        key.parse().map_err(|_| {
-            BillingError::Config("the settlement key is not a 32-byte hex private key".into())
+        load_key(
+            "settlement",
+            self.settlement_key.as_ref(),
+            self.settlement_key_file.as_deref(),
+        )?
+        .ok_or_else(|| {
+            BillingError::Config(
+                "payment networks are configured but no settlement key is (--settlement-key-file)"
+                    .into(),
+            )
         })
     }
+
+    /// The receiverAuthorizer signer; None: batch-settlement is not offered.
+    pub fn receiver_authorizer(
+        &self,
+    ) -> Result<Option<alloy_signer_local::PrivateKeySigner>, BillingError> {
+        load_key(
+            "receiver authorizer",
+            self.receiver_authorizer_key.as_ref(),
+            self.receiver_authorizer_key_file.as_deref(),
+        )
+    }
+
+    /// The withdrawal delay in seconds, within the escrow's bounds.
+    pub fn withdraw_delay_secs(&self) -> Result<u64, BillingError> {
+        use crate::x402::batch::{MAX_WITHDRAW_DELAY, MIN_WITHDRAW_DELAY};
+        let secs = self.withdraw_delay.as_secs();
+        if !(MIN_WITHDRAW_DELAY..=MAX_WITHDRAW_DELAY).contains(&secs) {
+            return Err(BillingError::Config(format!(
+                "--withdraw-delay must be between {MIN_WITHDRAW_DELAY} s and {MAX_WITHDRAW_DELAY} s"
+            )));
+        }
+        Ok(secs)
+    }
+}
+
+/// A private key given inline or as a file; the error never echoes it.
+fn load_key(
+    what: &str,
+    inline: Option<&Redacted>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<alloy_signer_local::PrivateKeySigner>, BillingError> {
+    let key = match (inline, file) {
+        (Some(key), _) => key.0.trim().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| BillingError::Config(format!("{what} key file {}: {e}", path.display())))?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    key.parse().map(Some).map_err(|_| {
+        BillingError::Config(format!("the {what} key is not a 32-byte hex private key"))
+    })
 }
 
 /// A secret from the command line or environment: `Debug` never shows it.

@@ -2,12 +2,13 @@
 //! usage of served paid calls, settlement claims and outcomes. Every write
 //! has a deterministic idempotency key, so retrying one is always safe.
 
-use rungate_common::client::{request, within};
+use rungate_common::client::{drain, request, within};
 use rungate_common::propagation::TracePropagator;
 use rungate_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
 use rungate_proto::ledger::v1::{
-    Authorization, ClaimSettlementsRequest, ClaimedSettlement, LedgerWrite, SettlementStatus,
-    SettlementUpdate, Usage, WriteOutcome, ledger_write::Record,
+    Authorization, ChannelClaim, ChannelDeposit, ChannelRefund, ChannelState, ClaimChannelsRequest,
+    ClaimSettlementsRequest, ClaimedSettlement, GetChannelRequest, LedgerWrite, SettlementStatus,
+    SettlementUpdate, Sweep, Usage, WriteBatch, WriteOutcome, ledger_write::Record,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -137,6 +138,93 @@ impl Ledger {
         .await
     }
 
+    /// A batch-settlement channel's stored state; None if the ledger has none.
+    pub async fn channel(&self, channel_id: &str) -> Result<Option<ChannelState>, BillingError> {
+        let mut client = self.client.clone();
+        let get = GetChannelRequest {
+            channel_id: channel_id.to_owned(),
+        };
+        match within(
+            CALL_DEADLINE,
+            client.get_channel(request(get, CALL_DEADLINE)),
+        )
+        .await
+        {
+            Ok(state) => Ok(Some(state.into_inner())),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(status.into()),
+        }
+    }
+
+    async fn record(&self, key: String, record: Record) -> Result<(), BillingError> {
+        match self.write(key, record).await? {
+            (WriteOutcome::Applied | WriteOutcome::Duplicate, _) => Ok(()),
+            (_, message) => Err(BillingError::Ledger(message)),
+        }
+    }
+
+    /// A deposit that landed, before the call it pays for is served.
+    pub async fn record_deposit(&self, deposit: ChannelDeposit) -> Result<(), BillingError> {
+        let key = format!("deposit:{}", deposit.request_id);
+        self.record(key, Record::Deposit(deposit)).await
+    }
+
+    pub async fn record_claim(&self, claim: ChannelClaim) -> Result<(), BillingError> {
+        let key = format!(
+            "claim:{}:{}:{}",
+            claim.channel_id,
+            claim.tx_hash,
+            amount(claim.total_claimed)
+        );
+        self.record(key, Record::Claim(claim)).await
+    }
+
+    pub async fn record_refund(&self, refund: ChannelRefund) -> Result<(), BillingError> {
+        let key = format!("refund:{}:{}", refund.channel_id, refund.refund_nonce);
+        self.record(key, Record::Refund(refund)).await
+    }
+
+    pub async fn record_sweep(&self, sweep: Sweep) -> Result<(), BillingError> {
+        let key = format!("sweep:{}", sweep.tx_hash);
+        self.record(key, Record::Sweep(sweep)).await
+    }
+
+    /// Several writes in one ledger batch (group-committed together). Only
+    /// errors if the ledger took none of them durably; refused writes are
+    /// logged (they are replays or bugs, never worth retrying).
+    pub async fn write_batch(&self, writes: Vec<LedgerWrite>) -> Result<(), BillingError> {
+        let mut client = self.client.clone();
+        let call = async {
+            let stream = futures::stream::iter([WriteBatch { writes }]);
+            let mut acks = client.write(stream).await?.into_inner();
+            let acked = acks.message().await?.ok_or_else(|| {
+                tonic::Status::unavailable("the ledger closed the stream without acks")
+            })?;
+            drain(&mut acks, std::time::Duration::from_secs(1)).await;
+            Ok(acked)
+        };
+        let acked = within(CALL_DEADLINE, call).await?;
+        for ack in acked.acks {
+            if !matches!(
+                ack.outcome(),
+                WriteOutcome::Applied | WriteOutcome::Duplicate
+            ) {
+                tracing::error!(key = %ack.idempotency_key, message = %ack.message, "ledger refused a write");
+            }
+        }
+        Ok(())
+    }
+
+    /// Channels due for claiming, leased to `worker`.
+    pub async fn claim_channels(
+        &self,
+        claim: ClaimChannelsRequest,
+    ) -> Result<Vec<ChannelState>, BillingError> {
+        let mut client = self.client.clone();
+        let call = client.claim_channels(request(claim, CALL_DEADLINE));
+        Ok(within(CALL_DEADLINE, call).await?.into_inner().channels)
+    }
+
     pub async fn claim(
         &self,
         claim: ClaimSettlementsRequest,
@@ -145,4 +233,8 @@ impl Ledger {
         let call = client.claim_settlements(request(claim, CALL_DEADLINE));
         Ok(within(CALL_DEADLINE, call).await?.into_inner().claimed)
     }
+}
+
+fn amount(a: Option<rungate_proto::types::v1::Amount>) -> u128 {
+    a.unwrap_or_default().atomic()
 }

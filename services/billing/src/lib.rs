@@ -1,8 +1,18 @@
-//! RunGate billing: prices calls, verifies x402 payments (EIP-3009, locally
-//! with alloy), reserves their nonces in the ledger, and settles them on
-//! chain, in sync or deferred mode. Also an x402 facilitator over HTTP.
+//! RunGate billing: prices calls and speaks x402 for them. `exact` (one
+//! EIP-3009 authorization per call): verified locally, its nonce reserved in
+//! the ledger, settled on chain in sync or deferred mode. batch-settlement
+//! (a deposit per channel, a voucher per call): vouchers checked in memory,
+//! stored coalesced, claimed in batches. Also an x402 facilitator over HTTP.
+//!
+//! Layout: `x402/` is the protocol (one folder per scheme); `calls` decides
+//! for a call; `payments` and `channels` hold the two schemes' state;
+//! `workers` collect the money; `service`, `paid_call` and `facilitator` are
+//! the APIs.
 
+mod calls;
 mod chain;
+mod channels;
+mod clock;
 pub mod config;
 pub mod error;
 mod facilitator;
@@ -13,6 +23,7 @@ mod payments;
 pub mod pricing;
 pub mod remote;
 mod service;
+mod workers;
 pub mod x402;
 
 use std::future::Future;
@@ -26,7 +37,8 @@ pub use config::Config;
 pub use error::BillingError;
 
 /// Serves the billing gRPC API on `listener` until `shutdown` resolves. With
-/// payment networks configured it also runs the settlement worker.
+/// payment networks configured it also runs the settlement worker (and, with
+/// batch-settlement, the claim worker).
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -34,21 +46,42 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let prices = config.price_table()?;
     let payments = payments(&config)?;
+    let channels = match &payments {
+        Some(payments) => channels(&config, payments)?,
+        None => None,
+    };
     tracing::info!(
         addr = %listener.local_addr()?,
         payments = payments.is_some(),
+        batch_settlement = channels.is_some(),
         settlement = ?config.settlement,
         chain_reads = ?config.chain_reads,
         "billing serving"
     );
-    let stop_worker = CancellationToken::new();
+    let stop_workers = CancellationToken::new();
+    let mut claims = None;
     if let Some(payments) = &payments {
-        tokio::spawn(payments.clone().run_worker(stop_worker.clone()));
+        tokio::spawn(workers::settlement::run(
+            payments.clone(),
+            stop_workers.clone(),
+        ));
+        if let Some(channels) = &channels {
+            let worker = Arc::new(workers::claims::ClaimWorker {
+                channels: channels.clone(),
+                chains: payments.chains.clone(),
+                interval: config.claim_interval,
+                lease: config.receipt_timeout * 2,
+                worker: payments.worker.clone(),
+            });
+            tokio::spawn(worker.clone().run(stop_workers.clone()));
+            claims = Some(worker);
+        }
     }
-    let _stop_worker = stop_worker.drop_guard();
+    let _stop_workers = stop_workers.drop_guard();
     let payments_handle = payments.clone();
-    let billing = Arc::new(service::Billing::new(prices, payments));
-    let grpc = BillingServiceServer::new(service::BillingGrpc(billing));
+    let billing = Arc::new(calls::Billing::new(prices, payments, channels));
+    let grpc = service::BillingGrpc { billing, claims };
+    let grpc = BillingServiceServer::new(grpc);
     // The x402 facilitator API (HTTP/1.1 JSON) shares the port with gRPC.
     let routes = match payments_handle {
         Some(payments) => {
@@ -96,4 +129,27 @@ fn payments(config: &Config) -> Result<Option<Arc<payments::Payments>>, BillingE
         lease: config.receipt_timeout * 2,
         worker: format!("billing-{}", std::process::id()),
     })))
+}
+
+/// batch-settlement's channel book, when a receiverAuthorizer key is set.
+fn channels(
+    config: &Config,
+    payments: &payments::Payments,
+) -> Result<Option<Arc<channels::Channels>>, BillingError> {
+    let Some(authorizer) = config.receiver_authorizer()? else {
+        return Ok(None);
+    };
+    let terms = x402::batch::offer::BatchTerms {
+        receiver_authorizer: authorizer.address(),
+        withdraw_delay: config.withdraw_delay_secs()?,
+        min_deposit: config.min_deposit,
+    };
+    tracing::info!(receiver_authorizer = %authorizer.address(), "batch-settlement offered");
+    let writer = channels::writer::Writer::spawn(payments.ledger.clone(), config.voucher_flush);
+    Ok(Some(Arc::new(channels::Channels::new(
+        payments.ledger.clone(),
+        writer,
+        authorizer,
+        terms,
+    ))))
 }

@@ -1,10 +1,13 @@
 //! One paid call as one bidirectional stream. The edge opens it with the
 //! payment; billing answers `authorized`, and `settled` when the x402
-//! SettleResponse for the response header is known: right away in deferred
-//! mode; after `Completed` in sync mode; as soon as the chain says so for a
-//! sync streamed call (settling while the prompt is processed). A call that
-//! ends without `Completed` was not served: its authorization is voided (a
-//! sync streamed call that already settled keeps its charge).
+//! SettleResponse for the response header is known. For `exact`: right away
+//! in deferred mode; after `Completed` in sync mode; as soon as the chain
+//! says so for a sync streamed call (settling while the prompt is processed).
+//! For batch-settlement: after `Completed`, with the charge the call's usage
+//! comes to; a streamed call's headers go out first, so it is charged its
+//! quote. A call that ends without `Completed` was not served: its
+//! authorization is voided, its channel released (a sync streamed `exact`
+//! call that already settled keeps its charge).
 
 use std::sync::Arc;
 
@@ -19,9 +22,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
+use crate::calls::{Admission, BatchCall, Billing};
 use crate::config::SettlementMode;
 use crate::payments::{Authorized, Payments};
-use crate::service::Billing;
+use crate::x402::http::attach_reply;
 
 pub fn run(
     api: Arc<Billing>,
@@ -90,11 +94,17 @@ async fn drive(
             ));
         }
     };
-    let (verdict, authorized) = api.authorize_call(&open).await?;
-    send(updates, Update::Authorized(verdict)).await;
-    let (Some(authorized), Some(payments)) = (authorized, api.payments_handle()) else {
+    let decision = api.authorize_call(&open).await?;
+    send(updates, Update::Authorized(decision.response)).await;
+    let authorized = match decision.admission {
+        None => return Ok(()),
+        Some(Admission::Batch(call)) => return batch(api, &open, call, events, updates).await,
+        Some(Admission::Exact(authorized)) => authorized,
+    };
+    let Some(payments) = api.payments_handle() else {
         return Ok(());
     };
+    let version = authorized.version;
     let call = Call {
         payments,
         open: &open,
@@ -102,11 +112,8 @@ async fn drive(
     };
     match (call.payments.mode, open.stream) {
         (SettlementMode::Deferred, _) => {
-            send(
-                updates,
-                Update::Settled(authorized.settle_response(true, "", None)),
-            )
-            .await;
+            let settled = attach_reply(authorized.settle_response(true, "", None), version, None);
+            send(updates, Update::Settled(settled)).await;
             match next_end(&mut events).await {
                 End::Completed(completed) => call.record_usage(&completed).await?,
                 End::NotServed(why) => call.void(&why).await?,
@@ -118,7 +125,11 @@ async fn drive(
                 // worker would find the call served and finish it.
                 call.record_usage(&completed).await?;
                 let settled = call.payments.settle_by_id(&authorized.request_id).await?;
-                send(updates, Update::Settled(settled)).await;
+                send(
+                    updates,
+                    Update::Settled(attach_reply(settled, version, None)),
+                )
+                .await;
             }
             End::NotServed(why) => call.void(&why).await?,
         },
@@ -130,7 +141,7 @@ async fn drive(
             while settled.is_none() || end.is_none() {
                 tokio::select! {
                     result = &mut settle, if settled.is_none() => {
-                        let response = result?;
+                        let response = attach_reply(result?, version, None);
                         send(updates, Update::Settled(response.clone())).await;
                         settled = Some(response);
                     }
@@ -177,6 +188,7 @@ impl Call<'_> {
                 charged: amount,
                 engine: completed.engine.clone(),
                 finish_reason: completed.finish_reason.clone(),
+                ..Default::default()
             })
             .await?;
         Ok(())
@@ -195,4 +207,96 @@ impl Call<'_> {
             .await?;
         Ok(())
     }
+}
+
+/// A call paid from a batch-settlement channel.
+async fn batch(
+    api: &Billing,
+    open: &AuthorizeRequest,
+    call: BatchCall,
+    mut events: Streaming<PaidCallEvent>,
+    updates: &Updates,
+) -> Result<(), Status> {
+    let Some(channels) = api.channels() else {
+        return Ok(());
+    };
+    let BatchCall {
+        reserved,
+        chain,
+        version,
+    } = call;
+    let model = open
+        .quote
+        .as_ref()
+        .map(|q| q.model.clone())
+        .unwrap_or_default();
+    let payer = reserved.payer.to_checksum(None);
+    // A deposit's transaction; a voucher has none (it is collected later).
+    let transaction = reserved
+        .deposit
+        .as_ref()
+        .map(|m| m.tx_hash.to_string())
+        .unwrap_or_default();
+    let increment = reserved.increment;
+    let settled = |charge: u128, snapshot: &crate::x402::batch::offer::Snapshot| {
+        let response = SettleResponse {
+            success: true,
+            payer: payer.clone(),
+            transaction: transaction.clone(),
+            network: chain.network.network.clone(),
+            amount: Some(charge.into()),
+            ..Default::default()
+        };
+        let extra = serde_json::json!({
+            "chargedAmount": charge.to_string(),
+            "channelState": snapshot.channel_state(),
+        });
+        attach_reply(response, version, Some(&extra))
+    };
+    let usage = |completed: &Completed, charge: u128| Usage {
+        request_id: open.request_id.clone(),
+        model: model.clone(),
+        tokens: completed.usage,
+        quoted: Some(increment.into()),
+        charged: Some(charge.into()),
+        engine: completed.engine.clone(),
+        finish_reason: completed.finish_reason.clone(),
+        ..Default::default()
+    };
+    if open.stream {
+        // The headers go out before the usage is known: charged the quote.
+        let charge = reserved.increment;
+        let preview = channels.preview(&reserved, charge);
+        send(updates, Update::Settled(settled(charge, &preview))).await;
+        match next_end(&mut events).await {
+            End::Completed(completed) => {
+                let usage = usage(&completed, charge);
+                channels.complete(reserved, charge, usage);
+            }
+            End::NotServed(why) => {
+                tracing::info!(request_id = %open.request_id, %why, "voucher-paid call not served; channel released");
+                channels.release(&reserved);
+            }
+        }
+        return Ok(());
+    }
+    match next_end(&mut events).await {
+        End::Completed(completed) => {
+            // What the call used, at the model's prices, within its quote.
+            let tokens = completed.usage.unwrap_or_default();
+            let charge = api
+                .prices()
+                .price(&model)
+                .quote(tokens.prompt_tokens, tokens.completion_tokens)
+                .min(reserved.increment);
+            let usage = usage(&completed, charge);
+            let snapshot = channels.complete(reserved, charge, usage);
+            send(updates, Update::Settled(settled(charge, &snapshot))).await;
+        }
+        End::NotServed(why) => {
+            tracing::info!(request_id = %open.request_id, %why, "voucher-paid call not served; channel released");
+            channels.release(&reserved);
+        }
+    }
+    Ok(())
 }

@@ -10,7 +10,6 @@ use rungate_proto::billing::v1::SettleResponse;
 use rungate_proto::ledger::v1::{
     Authorization, ClaimSettlementsRequest, SettlementStatus, SettlementUpdate,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::BillingError;
 use crate::chain::{Chain, Outcome, SettleAuthorization};
@@ -21,9 +20,6 @@ use crate::remote::RemoteFacilitator;
 use crate::x402::InvalidReason;
 use crate::x402::networks::{Network, Offer};
 use crate::x402::{exact_evm, payment};
-
-/// Claims the worker takes per network per pass.
-const CLAIM_BATCH: u32 = 64;
 
 pub struct Payments {
     pub chains: Vec<Arc<Chain>>,
@@ -60,6 +56,7 @@ impl Authorized {
             transaction: tx.map(|h| h.to_string()).unwrap_or_default(),
             network: self.chain.network.name_for(self.version).to_owned(),
             amount: Some(self.amount.into()),
+            reply: None,
         }
     }
 }
@@ -70,14 +67,11 @@ impl Payments {
     pub async fn authorize(
         &self,
         request_id: &str,
-        payment_json: &str,
+        presented: &payment::Presented<'_>,
+        payload: &exact_evm::ExactEvmPayload,
         offer: &Offer<'_>,
         now: u64,
     ) -> Result<Result<Authorized, InvalidReason>, BillingError> {
-        let presented = match payment::parse(payment_json, &self.networks, offer) {
-            Ok(p) => p,
-            Err(reason) => return Ok(Err(reason)),
-        };
         // `networks` lists the chains' networks in the same order.
         let chain = &self.chains[presented.index];
         let verified = match &self.remote {
@@ -87,9 +81,12 @@ impl Payments {
                     amount: U256::from(offer.amount),
                     domain_separator: chain.domain_separator,
                 };
-                exact_evm::verify(&presented.payload, &expected, now)
+                exact_evm::verify(payload, &expected, now)
             }
-            Some(remote) => self.verify_remotely(remote, &presented, offer).await,
+            Some(remote) => {
+                self.verify_remotely(remote, presented, payload, offer)
+                    .await
+            }
         };
         let verified = match verified {
             Ok(v) => v,
@@ -149,9 +146,10 @@ impl Payments {
         &self,
         remote: &RemoteFacilitator,
         presented: &payment::Presented<'_>,
+        payload: &exact_evm::ExactEvmPayload,
         offer: &Offer<'_>,
     ) -> Result<exact_evm::Verified, InvalidReason> {
-        let decoded = exact_evm::decode(&presented.payload)?;
+        let decoded = exact_evm::decode(payload)?;
         let requirements = presented.network.requirement(presented.version, offer);
         remote.verify(&presented.json, &requirements).await?;
         Ok(decoded)
@@ -203,6 +201,7 @@ impl Payments {
             transaction: tx,
             network: network.to_owned(),
             amount: authorization.amount,
+            reply: None,
         })
     }
 
@@ -247,48 +246,6 @@ impl Payments {
         tracing::info!(%request_id, ?outcome, "settlement finished");
         self.ledger.finish(update).await?;
         Ok(outcome)
-    }
-
-    /// Deferred settlement: claims served calls, earliest deadline first, and
-    /// settles them, until `stop`. Claims are leased, so a crashed worker's
-    /// work comes back to whoever runs next.
-    pub async fn run_worker(self: Arc<Self>, stop: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.settle_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            for chain in &self.chains {
-                if let Err(error) = self.drain_once(chain).await {
-                    tracing::warn!(%error, network = %chain.network.network, "settlement pass failed");
-                }
-            }
-        }
-    }
-
-    async fn drain_once(&self, chain: &Arc<Chain>) -> Result<(), BillingError> {
-        let claimed = self
-            .ledger
-            .claim(ClaimSettlementsRequest {
-                worker: self.worker.clone(),
-                limit: CLAIM_BATCH,
-                lease_seconds: self.lease.as_secs().max(1) as u32,
-                network: chain.network.network.clone(),
-                request_id: String::new(),
-            })
-            .await?;
-        let settles = claimed
-            .iter()
-            .filter_map(|c| c.authorization.as_ref())
-            .map(|a| self.settle_claimed(chain, a));
-        for result in futures::future::join_all(settles).await {
-            if let Err(error) = result {
-                tracing::warn!(%error, "recording a settlement failed; it will be retried");
-            }
-        }
-        Ok(())
     }
 }
 

@@ -126,8 +126,20 @@ impl From<tonic::Status> for ApiError {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let message = status.message().to_owned();
+        // Codes a service names for the client (only ones we know: the field is 'static).
+        let code = match status
+            .metadata()
+            .get("x-rungate-code")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("invalid_payment_header") => Some("invalid_payment_header"),
+            _ => None,
+        };
         match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => Self::invalid(param, message),
+            Code::InvalidArgument | Code::OutOfRange => Self {
+                code,
+                ..Self::invalid(param, message)
+            },
             Code::NotFound if param.as_deref() == Some("model") => Self::invalid(param, message)
                 .with_status(StatusCode::NOT_FOUND)
                 .with_code("model_not_found"),

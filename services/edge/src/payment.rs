@@ -1,15 +1,12 @@
-//! x402 on the HTTP side: reading the payment header (v1 `X-PAYMENT`, v2
-//! `PAYMENT-SIGNATURE`), answering 402 with requirements in both versions'
-//! forms, and the settlement result header. Billing does the verifying.
+//! x402 at the edge is only headers and status: which request headers carry
+//! a payment (passed to billing as they came), and copying the replies
+//! billing builds (the 402, the payment response header, a refund's answer)
+//! onto the HTTP response. Billing decodes, verifies and words everything.
 
-use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
-use rungate_proto::billing::v1::SettleResponse;
-use serde_json::{Value, json};
-
-use crate::ApiError;
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use rungate_proto::billing::v1::HttpReply;
 
 pub const X_PAYMENT: &str = "x-payment";
 pub const PAYMENT_SIGNATURE: &str = "payment-signature";
@@ -17,89 +14,46 @@ pub const PAYMENT_REQUIRED: &str = "payment-required";
 pub const X_PAYMENT_RESPONSE: &str = "x-payment-response";
 pub const PAYMENT_RESPONSE: &str = "payment-response";
 
-/// The decoded payment JSON, if the request carries one. A header that is
-/// not base64 of a JSON object is the client's mistake: 400, never a charge.
-pub fn presented(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some((name, value)) = [PAYMENT_SIGNATURE, X_PAYMENT]
-        .iter()
-        .find_map(|name| headers.get(*name).map(|v| (*name, v)))
-    else {
-        return Ok(None);
-    };
-    let malformed = |why: &str| {
-        ApiError::invalid(
-            None,
-            format!("The {name} header is malformed: {why}. It must be the base64 encoding of the x402 payment payload JSON."),
-        )
-        .with_code("invalid_payment_header")
-    };
-    let bytes = STANDARD
-        .decode(value.as_bytes().trim_ascii())
-        .map_err(|_| malformed("not base64"))?;
-    let json: Value = serde_json::from_slice(&bytes).map_err(|_| malformed("not JSON"))?;
-    if !json.is_object() {
-        return Err(malformed("not a JSON object"));
-    }
-    Ok(Some(json.to_string()))
+/// The payment header the request carries (v2 first), as it came: its name and value.
+pub fn presented(headers: &HeaderMap) -> Option<(&'static str, String)> {
+    [PAYMENT_SIGNATURE, X_PAYMENT].iter().find_map(|name| {
+        let value = headers.get(*name)?;
+        Some((
+            *name,
+            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        ))
+    })
 }
 
-/// 402 Payment Required: the v1 body `{x402Version: 1, error, accepts}` and
-/// the v2 `PAYMENT-REQUIRED` header, so clients of either version can pay.
-pub fn required(
-    error: &str,
-    resource: &str,
-    requirements_v1: &[String],
-    requirements_v2: &[String],
-) -> Response {
-    let parse = |all: &[String]| -> Vec<Value> {
-        all.iter()
-            .filter_map(|r| serde_json::from_str(r).ok())
-            .collect()
-    };
-    let accepts_v1 = parse(requirements_v1);
-    let description = accepts_v1
-        .first()
-        .and_then(|r| r.get("description").cloned())
-        .unwrap_or(Value::Null);
-    let v2 = json!({
-        "x402Version": 2,
-        "error": error,
-        "resource": {"url": resource, "description": description, "mimeType": "application/json"},
-        "accepts": parse(requirements_v2),
-    });
-    let body = json!({"x402Version": 1, "error": error, "accepts": accepts_v1});
-    let mut response = (StatusCode::PAYMENT_REQUIRED, axum::Json(body)).into_response();
+/// Adds billing's headers to `response`.
+pub fn add_headers(response: &mut Response, reply: &HttpReply) {
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&STANDARD.encode(v2.to_string())) {
-        headers.insert(PAYMENT_REQUIRED, value);
+    for (name, value) in &reply.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
     }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
-/// `X-PAYMENT-RESPONSE` (v1) or `PAYMENT-RESPONSE` (v2): base64 of the x402
-/// SettleResponse.
-pub fn set_response_header(response: &mut Response, version: u32, settled: &SettleResponse) {
-    let mut body = json!({
-        "success": settled.success,
-        "payer": settled.payer,
-        "transaction": settled.transaction,
-        "network": settled.network,
-    });
-    if !settled.error_reason.is_empty() {
-        body["errorReason"] = json!(settled.error_reason);
+/// A whole answer billing built (a 402, a refund's acknowledgement).
+pub fn response(reply: &HttpReply) -> Response {
+    let status = u16::try_from(reply.status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::PAYMENT_REQUIRED);
+    let mut response = Response::new(Body::from(reply.body.clone()));
+    *response.status_mut() = status;
+    if !reply.body.is_empty() {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
     }
-    if let Some(amount) = settled.amount {
-        body["amount"] = json!(amount.atomic().to_string());
-    }
-    let name = if version == 1 {
-        X_PAYMENT_RESPONSE
-    } else {
-        PAYMENT_RESPONSE
-    };
-    if let Ok(value) = HeaderValue::from_str(&STANDARD.encode(body.to_string())) {
-        response.headers_mut().insert(name, value);
-    }
+    add_headers(&mut response, reply);
+    response
 }
 
 /// The resource URL the requirements are for: the public URL if configured,
@@ -123,23 +77,19 @@ pub fn resource_url(public_url: Option<&str>, headers: &HeaderMap, path: &str) -
 mod tests {
     use super::*;
 
-    fn with(name: &'static str, value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(name, HeaderValue::from_str(value).expect("header"));
-        headers
-    }
-
     #[test]
-    fn malformed_headers_are_the_clients_mistake() {
-        assert!(presented(&HeaderMap::new()).expect("none").is_none());
-        for bad in ["%%%", &STANDARD.encode("not json"), &STANDARD.encode("[1]")] {
-            let error = presented(&with(X_PAYMENT, bad)).expect_err("malformed");
-            assert_eq!(error.status, StatusCode::BAD_REQUEST);
-        }
-        let good = STANDARD.encode(r#"{"x402Version":2}"#);
-        assert_eq!(
-            presented(&with(PAYMENT_SIGNATURE, &good)).expect("ok"),
-            Some(r#"{"x402Version":2}"#.into())
-        );
+    fn billing_replies_are_copied_as_they_are() {
+        let reply = HttpReply {
+            status: 402,
+            headers: [(PAYMENT_REQUIRED.to_owned(), "e30=".to_owned())].into(),
+            body: br#"{"x402Version":1}"#.to_vec(),
+        };
+        let response = response(&reply);
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(response.headers()[PAYMENT_REQUIRED], "e30=");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let mut headers = HeaderMap::new();
+        headers.insert(X_PAYMENT, HeaderValue::from_static("abc"));
+        assert_eq!(presented(&headers), Some((X_PAYMENT, "abc".to_owned())));
     }
 }

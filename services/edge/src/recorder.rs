@@ -48,6 +48,7 @@ impl UsageRecorder {
                 charged: Some(0u128.into()),
                 engine: call.engine.to_owned(),
                 finish_reason: call.finish_reason.to_owned(),
+                ..Default::default()
             })),
         };
         if let Err(error) = self.queue.try_send(write) {

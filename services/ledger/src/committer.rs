@@ -29,10 +29,17 @@ pub struct Committer {
 /// The request a write is about: the key that keeps one call's records in order.
 fn request_id(write: &LedgerWrite) -> &str {
     use rungate_proto::ledger::v1::ledger_write::Record;
+    // A channel's writes share its lane, so its vouchers apply in order.
     match &write.record {
         Some(Record::Authorization(a)) => &a.request_id,
         Some(Record::Usage(u)) => &u.request_id,
         Some(Record::Settlement(s)) => &s.request_id,
+        Some(Record::Deposit(d)) => d.channel.as_ref().map_or("", |c| c.channel_id.as_str()),
+        Some(Record::Voucher(v)) => &v.channel_id,
+        Some(Record::Claim(c)) => &c.channel_id,
+        Some(Record::Refund(r)) => &r.channel_id,
+        Some(Record::Sweep(s)) => &s.tx_hash,
+        Some(Record::Gas(g)) => &g.tx_hash,
         None => "",
     }
 }
@@ -117,20 +124,16 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<Job>, max_batch: usize) {
     }
 }
 
-/// Accounts the batch's authorizations need that this lane has not seen yet.
+/// Accounts the batch's writes need that this lane has not seen yet.
 async fn prepare_accounts(
     pool: &PgPool,
     batch: &[Job],
     known: &mut std::collections::HashSet<String>,
 ) -> Result<(), sqlx::Error> {
-    use rungate_proto::ledger::v1::ledger_write::Record;
     let missing: Vec<_> = batch
         .iter()
-        .filter_map(|job| match &job.write.record {
-            Some(Record::Authorization(a)) => Some(crate::records::accounts_for(a)),
-            _ => None,
-        })
-        .flatten()
+        .filter_map(|job| job.write.record.as_ref())
+        .flat_map(crate::records::accounts_needed)
         .filter(|(code, ..)| !known.contains(code))
         .collect();
     if missing.is_empty() {

@@ -2,6 +2,8 @@
 //! group-committed writes of authorizations, usage and settlements; receipts
 //! and settlement listings.
 
+mod channel_records;
+mod channels;
 pub mod committer;
 pub mod config;
 mod convert;

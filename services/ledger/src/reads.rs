@@ -35,15 +35,30 @@ pub async fn receipt(pool: &PgPool, request: &GetReceiptRequest) -> Result<Recei
         }
     };
     let request_id = request_id.as_str();
+    // A voucher-paid call was collected by the first claim that reached its
+    // cumulative total, and swept by the first sweep after that claim.
     let row = sqlx::query(
         "SELECT u.model, u.prompt_tokens, u.completion_tokens,
                 coalesce(u.charged, 0)::text AS charged,
-                a.payer, a.network, s.status::text AS status, s.tx_hash,
-                (extract(epoch FROM coalesce(u.created_at, a.created_at)) * 1000)::bigint AS created_ms
+                coalesce(a.payer, ch.payer) AS payer, coalesce(a.network, ch.network) AS network,
+                s.status::text AS status, s.tx_hash,
+                (extract(epoch FROM coalesce(u.created_at, a.created_at)) * 1000)::bigint AS created_ms,
+                u.channel_id, coalesce(u.cumulative, 0)::text AS cumulative,
+                cl.tx_hash AS claim_tx, sw.tx_hash AS sweep_tx
          FROM (SELECT $1::text AS request_id) r
          LEFT JOIN usage_records u ON u.request_id = r.request_id
          LEFT JOIN authorizations a ON a.request_id = r.request_id
          LEFT JOIN settlements s ON s.request_id = r.request_id
+         LEFT JOIN channels ch ON ch.channel_id = u.channel_id
+         LEFT JOIN LATERAL (
+             SELECT tx_hash, block_number FROM channel_claims
+             WHERE channel_id = u.channel_id AND total_claimed >= u.cumulative
+             ORDER BY total_claimed LIMIT 1) cl ON true
+         LEFT JOIN LATERAL (
+             SELECT tx_hash FROM sweeps
+             WHERE network = ch.network AND asset = ch.asset AND receiver = ch.receiver
+               AND block_number >= cl.block_number
+             ORDER BY block_number, id LIMIT 1) sw ON true
          WHERE u.request_id IS NOT NULL OR a.request_id IS NOT NULL",
     )
     .bind(request_id)
@@ -56,18 +71,23 @@ pub async fn receipt(pool: &PgPool, request: &GetReceiptRequest) -> Result<Recei
             prompt_tokens: prompt as u32,
             completion_tokens: row.get::<Option<i32>, _>("completion_tokens").unwrap_or(0) as u32,
         });
+    let text = |column: &str| row.get::<Option<String>, _>(column).unwrap_or_default();
     Ok(Receipt {
         request_id: request_id.to_owned(),
-        model: row.get::<Option<String>, _>("model").unwrap_or_default(),
+        model: text("model"),
         tokens,
         charged: Some(parse_amount(row.get("charged"))?),
-        payer: row.get::<Option<String>, _>("payer").unwrap_or_default(),
-        network: row.get::<Option<String>, _>("network").unwrap_or_default(),
+        payer: text("payer"),
+        network: text("network"),
         status: row
             .get::<Option<&str>, _>("status")
             .map_or(0, |s| parse_status(s) as i32),
-        tx_hash: row.get::<Option<String>, _>("tx_hash").unwrap_or_default(),
+        tx_hash: text("tx_hash"),
         created_at_ms: row.get("created_ms"),
+        channel_id: text("channel_id"),
+        cumulative: Some(parse_amount(row.get("cumulative"))?),
+        claim_tx: text("claim_tx"),
+        sweep_tx: text("sweep_tx"),
     })
 }
 

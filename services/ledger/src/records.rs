@@ -8,6 +8,7 @@ use rungate_proto::ledger::v1::{
 };
 use sqlx::{PgConnection, Row};
 
+use crate::channel_records;
 use crate::convert::{amount_text, parse_status, status_label};
 
 /// Why a write changed nothing.
@@ -57,6 +58,12 @@ pub async fn apply(conn: &mut PgConnection, write: &LedgerWrite) -> Result<Write
         Record::Authorization(a) => authorization(conn, &key, a).await?,
         Record::Usage(u) => usage(conn, &key, u).await?,
         Record::Settlement(s) => settlement(conn, &key, s).await?,
+        Record::Deposit(d) => channel_records::deposit(conn, &key, d).await?,
+        Record::Voucher(v) => channel_records::voucher(conn, &key, v).await?,
+        Record::Claim(c) => channel_records::claim(conn, &key, c).await?,
+        Record::Refund(r) => channel_records::refund(conn, &key, r).await?,
+        Record::Sweep(s) => channel_records::sweep(conn, &key, s).await?,
+        Record::Gas(g) => channel_records::gas(conn, &key, g).await?,
     };
     if fresh {
         return Ok(WriteOutcome::Applied);
@@ -77,12 +84,36 @@ pub async fn apply(conn: &mut PgConnection, write: &LedgerWrite) -> Result<Write
 }
 
 /// The idempotency key a write claims, with the payload it is bound to.
-struct Key<'a> {
-    key: &'a str,
-    payload: &'a [u8],
+pub(crate) struct Key<'a> {
+    pub key: &'a str,
+    pub payload: &'a [u8],
 }
 
-fn required(field: &str, value: &str) -> Result<(), Refusal> {
+/// Claims the key on its own (for records written in several statements);
+/// whether it was fresh.
+pub(crate) async fn claim_key(conn: &mut PgConnection, key: &Key<'_>) -> Result<bool, Refusal> {
+    let fresh = sqlx::query(
+        "INSERT INTO idempotency_keys (key, payload) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key.key)
+    .bind(key.payload)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(fresh == 1)
+}
+
+/// The book accounts a write needs to exist before its transaction.
+pub fn accounts_needed(record: &Record) -> Vec<(String, &'static str, String)> {
+    match record {
+        Record::Authorization(a) => accounts_for(a).into(),
+        Record::Deposit(d) => channel_records::deposit_accounts(d),
+        Record::Gas(g) => channel_records::gas_accounts(g),
+        _ => Vec::new(),
+    }
+}
+
+pub(crate) fn required(field: &str, value: &str) -> Result<(), Refusal> {
     if value.is_empty() {
         Err(Refusal::Rejected(format!("{field} is required")))
     } else {
@@ -206,8 +237,9 @@ async fn usage(conn: &mut PgConnection, key: &Key<'_>, u: &Usage) -> Result<bool
              INSERT INTO idempotency_keys (key, payload) VALUES ($9, $10)
              ON CONFLICT (key) DO NOTHING RETURNING key)
          INSERT INTO usage_records (request_id, model, prompt_tokens, completion_tokens,
-             quoted, charged, engine, finish_reason)
-         SELECT $1, $2, $3, $4, $5::numeric, $6::numeric, $7, $8
+             quoted, charged, engine, finish_reason, channel_id, cumulative)
+         SELECT $1, $2, $3, $4, $5::numeric, $6::numeric, $7, $8, lower(nullif($11, '')),
+             CASE WHEN $11 = '' THEN NULL ELSE $12::numeric END
          WHERE EXISTS (SELECT 1 FROM idem)",
     )
     .bind(&u.request_id)
@@ -220,6 +252,8 @@ async fn usage(conn: &mut PgConnection, key: &Key<'_>, u: &Usage) -> Result<bool
     .bind(&u.finish_reason)
     .bind(key.key)
     .bind(key.payload)
+    .bind(&u.channel_id)
+    .bind(amount_text(u.cumulative))
     .execute(&mut *conn)
     .await?
     .rows_affected();

@@ -3,17 +3,18 @@
 use futures::StreamExt;
 use rungate_proto::ledger::v1::ledger_service_server::LedgerService;
 use rungate_proto::ledger::v1::{
-    ClaimSettlementsRequest, ClaimSettlementsResponse, ExpireAuthorizationsRequest,
-    ExpireAuthorizationsResponse, GetReceiptRequest, LedgerWrite, ListBalancesRequest,
-    ListBalancesResponse, ListSettlementsRequest, ListSettlementsResponse, Receipt,
-    SettlementChange, WatchSettlementsRequest, WriteAck, WriteAcks, WriteBatch,
+    ChannelState, ClaimChannelsRequest, ClaimChannelsResponse, ClaimSettlementsRequest,
+    ClaimSettlementsResponse, ExpireAuthorizationsRequest, ExpireAuthorizationsResponse,
+    GetChannelRequest, GetReceiptRequest, LedgerWrite, ListBalancesRequest, ListBalancesResponse,
+    ListSettlementsRequest, ListSettlementsResponse, Receipt, SettlementChange,
+    WatchSettlementsRequest, WriteAck, WriteAcks, WriteBatch,
 };
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::committer::Committer;
-use crate::{queue, reads};
+use crate::{channels, queue, reads};
 
 pub struct LedgerApi {
     pool: PgPool,
@@ -116,6 +117,24 @@ impl LedgerService for LedgerApi {
     ) -> Result<Response<ClaimSettlementsResponse>, Status> {
         Ok(Response::new(
             queue::claim(&self.pool, request.get_ref()).await?,
+        ))
+    }
+
+    async fn get_channel(
+        &self,
+        request: Request<GetChannelRequest>,
+    ) -> Result<Response<ChannelState>, Status> {
+        Ok(Response::new(
+            channels::get(&self.pool, request.get_ref()).await?,
+        ))
+    }
+
+    async fn claim_channels(
+        &self,
+        request: Request<ClaimChannelsRequest>,
+    ) -> Result<Response<ClaimChannelsResponse>, Status> {
+        Ok(Response::new(
+            channels::claim(&self.pool, request.get_ref()).await?,
         ))
     }
 

@@ -69,6 +69,7 @@ fn write(run: &str, i: usize) -> LedgerWrite {
             charged: Some(1u128.into()),
             engine: "local".into(),
             finish_reason: "stop".into(),
+            ..Default::default()
         })
     };
     LedgerWrite {

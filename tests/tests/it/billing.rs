@@ -29,16 +29,20 @@ async fn quotes_the_list_price_and_the_same_request_gets_the_same_quote() {
     assert_eq!(first.amount, second.amount);
 }
 
+/// A batch-settlement refund's probe (GET, no body) is quoted for no model:
+/// the default price, with the offers a refund must match.
 #[tokio::test]
-async fn a_quote_without_a_model_is_invalid() {
+async fn a_quote_without_a_model_is_at_the_default_price() {
     let mut billing = BillingServiceClient::connect(cluster().billing_url.clone())
         .await
         .expect("connect");
-    let error = billing
+    let quote = billing
         .quote(QuoteRequest::default())
         .await
-        .expect_err("no model");
-    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        .expect("quote")
+        .into_inner();
+    assert_eq!(quote.amount.expect("amount").atomic(), 1);
+    assert!(quote.flat);
 }
 
 #[tokio::test]

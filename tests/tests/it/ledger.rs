@@ -111,6 +111,7 @@ async fn a_batched_stream_records_usage_and_settlement_and_the_receipt_shows_the
                     charged: Some(5u128.into()),
                     engine: "upstream".into(),
                     finish_reason: "stop".into(),
+                    ..Default::default()
                 }),
             ),
             write(

@@ -1,11 +1,13 @@
 //! Integration tests against the shared cluster: real Postgres, the four
 //! services on their own listeners, real gRPC between them.
 
+mod batch;
 mod billing;
 mod book;
 mod chat;
 mod disconnect;
 mod edge_limits;
+mod escrow;
 mod health;
 mod ledger;
 mod load;

@@ -307,6 +307,7 @@ async fn billing_authorize_and_settle_rpcs_move_the_money_once() {
             resource: String::new(),
         }),
         stream: false,
+        ..Default::default()
     };
     let verdict = billing
         .authorize(authorize("rpc-call-1"))

@@ -1,6 +1,7 @@
 //! One payment network's chain: reads (balance, nonce state) for verification
 //! and `transferWithAuthorization` submission for settlement.
 
+pub mod escrow;
 mod submit;
 
 use std::time::Duration;
@@ -51,6 +52,8 @@ pub struct Chain {
     pub network: Network,
     /// The asset's EIP-712 domain separator, for verifying payments.
     pub domain_separator: alloy_primitives::B256,
+    /// The batch-settlement escrow's EIP-712 digests on this chain.
+    pub escrow: crate::x402::batch::eip712::Escrow,
     provider: DynProvider,
     settler: Address,
     /// The settler's next transaction nonce; `None` means ask the chain.
@@ -98,6 +101,7 @@ impl Chain {
         );
         Ok(Self {
             domain_separator,
+            escrow: crate::x402::batch::eip712::Escrow::new(network.chain_id),
             network,
             provider,
             settler,

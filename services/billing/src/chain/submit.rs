@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use alloy_network::TransactionBuilder;
 use alloy_primitives::{Address, B256, Signature, U256};
 use alloy_provider::Provider;
-use alloy_rpc_types_eth::{Filter, TransactionRequest};
+use alloy_rpc_types_eth::{Filter, TransactionReceipt, TransactionRequest};
 use alloy_sol_types::{SolCall, SolEvent};
 use alloy_transport::{RpcError, TransportErrorKind};
 
@@ -54,21 +54,22 @@ impl Chain {
                 };
             }
         }
-        let tx_hash = match self.send(auth).await {
+        let tx_hash = match self.send(auth.asset, transfer_call(auth)).await {
             Ok(hash) => hash,
             Err(outcome) => return outcome,
         };
         match self.wait_receipt(tx_hash).await {
-            Ok(Some((true, block))) => Outcome::Settled { tx_hash, block },
+            Ok(Some(receipt)) if receipt.status() => Outcome::Settled {
+                tx_hash,
+                block: receipt.block_number.unwrap_or_default(),
+            },
             // Reverted: maybe someone else's transaction used it first.
-            Ok(Some((false, _))) => {
-                match self.nonce_used_on(auth.from, auth.nonce, auth.asset).await {
-                    Ok(true) => self.find_used(auth).await,
-                    _ => Outcome::Failed {
-                        reason: format!("transaction {tx_hash} reverted"),
-                    },
-                }
-            }
+            Ok(Some(_)) => match self.nonce_used_on(auth.from, auth.nonce, auth.asset).await {
+                Ok(true) => self.find_used(auth).await,
+                _ => Outcome::Failed {
+                    reason: format!("transaction {tx_hash} reverted"),
+                },
+            },
             Ok(None) => Outcome::Unknown {
                 error: format!("no receipt for {tx_hash} within {:?}", self.receipt_timeout),
             },
@@ -76,22 +77,11 @@ impl Chain {
         }
     }
 
-    /// Sends the transaction with the next nonce. A send that fails leaves
-    /// the nonce to be re-read from the chain; one refused for its nonce
-    /// (another sender used it) is resent with a fresh one.
-    async fn send(&self, auth: &SettleAuthorization) -> Result<B256, Outcome> {
-        let call = Eip3009Token::transferWithAuthorizationCall {
-            from: auth.from,
-            to: auth.to,
-            value: auth.value,
-            validAfter: auth.valid_after,
-            validBefore: auth.valid_before,
-            nonce: auth.nonce,
-            v: 27 + u8::from(auth.signature.v()),
-            r: auth.signature.r().into(),
-            s: auth.signature.s().into(),
-        };
-        let input = call.abi_encode();
+    /// Sends a transaction calling `to` with `input`, with the next nonce. A
+    /// send that fails leaves the nonce to be re-read from the chain; one
+    /// refused for its nonce (another sender used it) is resent with a fresh
+    /// one. A send whose gas estimate (a simulation) reverts is `Failed`.
+    pub(crate) async fn send(&self, to: Address, input: Vec<u8>) -> Result<B256, Outcome> {
         let mut next = self.next_nonce.lock().await;
         let mut attempt = 0;
         loop {
@@ -107,7 +97,7 @@ impl Chain {
             };
             let tx = TransactionRequest::default()
                 .with_from(self.settler)
-                .with_to(auth.asset)
+                .with_to(to)
                 .with_input(input.clone())
                 .with_nonce(nonce);
             match self.provider.send_transaction(tx).await {
@@ -136,18 +126,16 @@ impl Chain {
     }
 
     /// Polls for the receipt: quickly at first (dev chains mine at once),
-    /// then backing off to the block time.
-    async fn wait_receipt(&self, hash: B256) -> Result<Option<(bool, u64)>, String> {
+    /// then backing off to the block time. None: not within the timeout.
+    pub(crate) async fn wait_receipt(
+        &self,
+        hash: B256,
+    ) -> Result<Option<TransactionReceipt>, String> {
         let deadline = Instant::now() + self.receipt_timeout;
         let mut pause = Duration::from_millis(10);
         loop {
             match self.provider.get_transaction_receipt(hash).await {
-                Ok(Some(receipt)) => {
-                    return Ok(Some((
-                        receipt.status(),
-                        receipt.block_number.unwrap_or_default(),
-                    )));
-                }
+                Ok(Some(receipt)) => return Ok(Some(receipt)),
                 Ok(None) => {}
                 Err(error) => tracing::debug!(%error, %hash, "receipt poll failed"),
             }
@@ -188,6 +176,22 @@ impl Chain {
     }
 }
 
+/// transferWithAuthorization(from, to, value, validAfter, validBefore, nonce, v, r, s).
+fn transfer_call(auth: &SettleAuthorization) -> Vec<u8> {
+    Eip3009Token::transferWithAuthorizationCall {
+        from: auth.from,
+        to: auth.to,
+        value: auth.value,
+        validAfter: auth.valid_after,
+        validBefore: auth.valid_before,
+        nonce: auth.nonce,
+        v: 27 + u8::from(auth.signature.v()),
+        r: auth.signature.r().into(),
+        s: auth.signature.s().into(),
+    }
+    .abi_encode()
+}
+
 fn is_nonce_error(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     ["nonce", "already known", "underpriced"]
@@ -195,7 +199,7 @@ fn is_nonce_error(message: &str) -> bool {
         .any(|m| message.contains(m))
 }
 
-fn unknown(error: &RpcError<TransportErrorKind>) -> Outcome {
+pub(crate) fn unknown(error: &RpcError<TransportErrorKind>) -> Outcome {
     Outcome::Unknown {
         error: super::with_sources(error),
     }

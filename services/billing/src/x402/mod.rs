@@ -1,8 +1,41 @@
-//! x402 payments, scheme `exact` on EVM (EIP-3009 transferWithAuthorization).
+//! x402, all of it: the HTTP side (headers, the 402, payment responses), the
+//! payment envelope, and one module per scheme: `exact_evm` (EIP-3009
+//! transferWithAuthorization per call) and `batch` (batch-settlement: an
+//! escrow channel per payer, a voucher per call).
 
+pub mod batch;
 pub mod exact_evm;
+pub mod http;
 pub mod networks;
 pub mod payment;
+
+/// Why a payment was refused, in its scheme's wire strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Exact(InvalidReason),
+    Batch(batch::BatchReason),
+}
+
+impl Refused {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refused::Exact(reason) => reason.as_str(),
+            Refused::Batch(reason) => reason.as_str(),
+        }
+    }
+}
+
+impl From<InvalidReason> for Refused {
+    fn from(reason: InvalidReason) -> Self {
+        Refused::Exact(reason)
+    }
+}
+
+impl From<batch::BatchReason> for Refused {
+    fn from(reason: batch::BatchReason) -> Self {
+        Refused::Batch(reason)
+    }
+}
 
 /// Why a payment was refused: the spec's `invalidReason` strings (and the
 /// reference implementation's where the spec names none).

@@ -1,14 +1,23 @@
 //! A presented payment (the decoded `X-PAYMENT` or `PAYMENT-SIGNATURE` JSON):
 //! version, scheme and network checks, and for v2 the match of `accepted`
 //! against the offers made for this request. The first checks of the spec,
-//! before any signature work.
+//! before any signature work; then the scheme's own payload.
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::InvalidReason;
+use super::batch::offer::BatchTerms;
+use super::batch::payload::BatchPayload;
 use super::exact_evm::ExactEvmPayload;
 use super::networks::{Network, Offer};
+use super::{InvalidReason, Refused};
+
+/// The scheme's payload.
+#[derive(Debug)]
+pub enum Payload {
+    Exact(ExactEvmPayload),
+    Batch(Box<BatchPayload>),
+}
 
 /// A payment that names a supported version, scheme and network.
 #[derive(Debug)]
@@ -17,39 +26,63 @@ pub struct Presented<'n> {
     /// Where `network` stands in the list it was found in.
     pub index: usize,
     pub network: &'n Network,
-    pub payload: ExactEvmPayload,
+    pub payload: Payload,
     /// The whole payment as parsed (what an external facilitator is sent).
     pub json: Value,
 }
 
+/// `batch`: our channel terms, when batch-settlement is offered.
 pub fn parse<'n>(
-    json: &str,
+    value: Value,
     networks: &'n [Network],
     offer: &Offer<'_>,
-) -> Result<Presented<'n>, InvalidReason> {
-    let value: Value = serde_json::from_str(json).map_err(|_| InvalidReason::Payload)?;
+    batch: Option<&BatchTerms>,
+) -> Result<Presented<'n>, Refused> {
     let version = value.get("x402Version").and_then(Value::as_u64);
     let (version, chosen) = match version {
         Some(1) => (1, &value),
         Some(2) => (2, value.get("accepted").ok_or(InvalidReason::Payload)?),
-        _ => return Err(InvalidReason::Version),
+        _ => return Err(InvalidReason::Version.into()),
     };
-    if chosen.get("scheme").and_then(Value::as_str) != Some("exact") {
-        return Err(InvalidReason::Scheme);
-    }
+    let scheme = chosen.get("scheme").and_then(Value::as_str);
+    // batch-settlement is a v2 scheme.
+    let batch = match (scheme, batch) {
+        (Some("exact"), _) => None,
+        (Some(super::batch::SCHEME), Some(terms)) if version == 2 => Some(terms),
+        _ => return Err(InvalidReason::Scheme.into()),
+    };
     let named = chosen.get("network").and_then(Value::as_str);
     let (index, network) = networks
         .iter()
         .enumerate()
         .find(|(_, n)| named == Some(n.name_for(version)))
         .ok_or(InvalidReason::Network)?;
-    if version == 2 && !matches_offer(&network.requirement_v2(offer), chosen) {
-        return Err(InvalidReason::Requirements);
-    }
-    let payload = value
-        .get("payload")
-        .and_then(|p| ExactEvmPayload::deserialize(p).ok())
-        .ok_or(InvalidReason::Payload)?;
+    let payload = value.get("payload").ok_or(InvalidReason::Payload)?;
+    let payload = match batch {
+        None => {
+            if version == 2 && !matches_offer(&network.requirement_v2(offer), chosen) {
+                return Err(InvalidReason::Requirements.into());
+            }
+            Payload::Exact(
+                ExactEvmPayload::deserialize(payload).map_err(|_| InvalidReason::Payload)?,
+            )
+        }
+        Some(terms) => {
+            let parsed = super::batch::payload::parse(payload)?;
+            let mut ours = super::batch::offer::requirement(network, offer, terms);
+            // A refund pays for nothing: its `accepted` may carry any price.
+            if matches!(parsed, BatchPayload::Refund { .. }) {
+                ours.as_object_mut().map(|o| o.remove("amount"));
+                if let Some(extra) = ours.get_mut("extra").and_then(Value::as_object_mut) {
+                    extra.remove("minDeposit");
+                }
+            }
+            if !matches_offer(&ours, chosen) {
+                return Err(InvalidReason::Requirements.into());
+            }
+            Payload::Batch(Box::new(parsed))
+        }
+    };
     Ok(Presented {
         version,
         index,
@@ -105,19 +138,23 @@ mod tests {
             "value": "5", "validAfter": "0", "validBefore": "1", "nonce": "0x0"}})
     }
 
-    fn v2(accepted: Value) -> String {
-        json!({"x402Version": 2, "accepted": accepted, "payload": payload()}).to_string()
+    fn v2(accepted: Value) -> Value {
+        json!({"x402Version": 2, "accepted": accepted, "payload": payload()})
     }
 
     #[test]
     fn each_envelope_check_gives_its_reason() {
         let networks = networks();
         let offer = networks[0].requirement_v2(&OFFER);
-        let reason = |json: String| parse(&json, &networks, &OFFER).err();
+        let reason = |json: Value| {
+            parse(json, &networks, &OFFER, None).err().map(|r| match r {
+                Refused::Exact(r) => r,
+                Refused::Batch(r) => panic!("batch reason {r}"),
+            })
+        };
         assert_eq!(reason(v2(offer.clone())), None);
-        assert_eq!(reason("{".into()), Some(InvalidReason::Payload));
         assert_eq!(
-            reason(json!({"x402Version": 3}).to_string()),
+            reason(json!({"x402Version": 3})),
             Some(InvalidReason::Version)
         );
         let mut upto = offer.clone();
@@ -134,11 +171,11 @@ mod tests {
         assert_eq!(reason(v2(lower)), None, "addresses are case-insensitive");
         let v1 =
             json!({"x402Version": 1, "scheme": "exact", "network": "base", "payload": payload()});
-        let parsed = parse(&v1.to_string(), &networks, &OFFER).expect("v1");
+        let parsed = parse(v1, &networks, &OFFER, None).expect("v1");
         assert_eq!(parsed.network.name_for(parsed.version), "base");
         let v1_caip = json!({"x402Version": 1, "scheme": "exact", "network": "eip155:8453", "payload": payload()});
-        assert_eq!(reason(v1_caip.to_string()), Some(InvalidReason::Network));
+        assert_eq!(reason(v1_caip), Some(InvalidReason::Network));
         let no_payload = json!({"x402Version": 1, "scheme": "exact", "network": "base"});
-        assert_eq!(reason(no_payload.to_string()), Some(InvalidReason::Payload));
+        assert_eq!(reason(no_payload), Some(InvalidReason::Payload));
     }
 }

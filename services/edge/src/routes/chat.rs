@@ -22,7 +22,6 @@ use crate::openai::{
     AssistantMessage, ChatRequest, Chunk, ChunkChoice, Completion, CompletionChoice, Delta, Usage,
     finish_reason,
 };
-use crate::payment;
 use crate::recorder::{ServedCall, UsageRecorder};
 use crate::routes::paid::{self, Gate, PaidSession};
 use crate::sse;
@@ -86,6 +85,23 @@ async fn read_body(
     }
 }
 
+/// `GET /v1/chat/completions`: what x402 batch-settlement clients use to
+/// ask for their unspent deposit back (a probe for the offer, then the
+/// refund payment). Billing answers both; nothing is generated.
+pub async fn refund(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    let id = format!("refund-{}", uuid::Uuid::new_v4().simple());
+    match paid::gate(&state, &parts.headers, parts.uri.path(), None, &id).await? {
+        Gate::Refused(response) | Gate::Handled(response) => Ok(response),
+        // Dropping the session tells billing nothing was served.
+        Gate::Paid(_) | Gate::Free => Err(ApiError::invalid(
+            None,
+            "A chat completion is a POST; GET only takes an x402 batch-settlement refund.",
+        )
+        .with_status(StatusCode::METHOD_NOT_ALLOWED)),
+    }
+}
+
 pub async fn completions(
     State(state): State<AppState>,
     request: Request,
@@ -105,11 +121,12 @@ pub async fn completions(
             tracing::field::display(serde_json::Value::Object(metadata.clone())),
         );
     }
-    let mut paid = match paid::gate(&state, &parts.headers, parts.uri.path(), &chat, &id).await? {
-        Gate::Free => None,
-        Gate::Paid(session) => Some(*session),
-        Gate::Refused(response) => return Ok(response),
-    };
+    let mut paid =
+        match paid::gate(&state, &parts.headers, parts.uri.path(), Some(&chat), &id).await? {
+            Gate::Free => None,
+            Gate::Paid(session) => Some(*session),
+            Gate::Refused(response) | Gate::Handled(response) => return Ok(response),
+        };
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -144,7 +161,7 @@ pub async fn completions(
         Some(session) if chat.stream => {
             let settled = session.settled().await?;
             if !settled.success {
-                let mut response = paid::settlement_failed(session, &settled);
+                let mut response = paid::settlement_failed(&settled);
                 set_request_id(&mut response, &id);
                 return Ok(response);
             }
@@ -163,10 +180,9 @@ pub async fn completions(
         paid,
     };
     if chat.stream {
-        let version = call.paid.as_ref().map(|p| p.version);
         let mut response = streamed(call, events, chat.include_usage);
-        if let (Some(version), Some(settled)) = (version, settled) {
-            payment::set_response_header(&mut response, version, &settled);
+        if let Some(settled) = settled {
+            paid::add_payment_response(&mut response, &settled);
         }
         Ok(response)
     } else {
@@ -239,12 +255,12 @@ async fn complete(
                     session.completed(usage, reason, &call.served_by).await;
                     let settled = session.settled().await?;
                     if !settled.success {
-                        let mut response = paid::settlement_failed(&session, &settled);
+                        let mut response = paid::settlement_failed(&settled);
                         set_request_id(&mut response, &call.id);
                         tokio::spawn(session.finish());
                         return Ok(response);
                     }
-                    payment::set_response_header(&mut response, session.version, &settled);
+                    paid::add_payment_response(&mut response, &settled);
                     // Billing records the call's usage on its own; the answer
                     // does not wait for that second ledger write.
                     tokio::spawn(session.finish());

@@ -24,7 +24,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
     let api = Router::new()
         .route(
             "/v1/chat/completions",
-            post(move |state, request| chat::completions(state, request, body)),
+            post(move |state, request| chat::completions(state, request, body)).get(chat::refund),
         )
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::one))

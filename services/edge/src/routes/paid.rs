@@ -24,7 +24,14 @@ pub enum Gate {
     Paid(Box<PaidSession>),
     /// 402: no payment, or one billing refused.
     Refused(Response),
+    /// The payment asked for something billing did itself (a
+    /// batch-settlement refund): its answer, the call is not run.
+    Handled(Response),
 }
+
+/// The call to be paid for, as its quote needs it. None: a payment that
+/// pays for no call (a refund, or its probe on GET).
+pub type Call<'a> = Option<&'a ChatRequest>;
 
 /// Asks for payment, or checks the one presented. Runs after the request
 /// itself was validated, so a bad request is a 400/404, never a 402.
@@ -32,64 +39,71 @@ pub async fn gate(
     state: &AppState,
     headers: &HeaderMap,
     path: &str,
-    chat: &ChatRequest,
+    call: Call<'_>,
     request_id: &str,
 ) -> Result<Gate, ApiError> {
     let Some(billing) = &state.billing else {
         return Ok(Gate::Free);
     };
-    let presented = payment::presented(headers)?;
-    // The quote depends on the prompt's tokens as the model counts them,
-    // unless billing told us the model is priced per call only.
+    let presented = payment::presented(headers);
     let deadline = state.deadlines.rpc;
-    let counted = if state.is_flat_priced(&chat.model) {
-        CountTokensResponse::default()
-    } else {
-        let count = CountTokensRequest {
-            model: chat.model.clone(),
-            messages: chat.messages.clone(),
-        };
-        within(
-            deadline,
-            state
-                .inference
-                .clone()
-                .count_tokens(request(count, deadline)),
-        )
-        .await?
-        .into_inner()
-    };
     let resource = payment::resource_url(state.public_url.as_deref(), headers, path);
-    let quote = QuoteRequest {
-        model: chat.model.clone(),
-        prompt_tokens: counted.prompt_tokens,
-        max_tokens: chat
-            .sampling
-            .max_tokens
-            .unwrap_or(counted.default_max_tokens),
-        resource: resource.clone(),
+    let quote = match call {
+        Some(chat) => {
+            // The quote depends on the prompt's tokens as the model counts
+            // them, unless billing told us the model is priced per call only.
+            let counted = if state.is_flat_priced(&chat.model) {
+                CountTokensResponse::default()
+            } else {
+                let count = CountTokensRequest {
+                    model: chat.model.clone(),
+                    messages: chat.messages.clone(),
+                };
+                within(
+                    deadline,
+                    state
+                        .inference
+                        .clone()
+                        .count_tokens(request(count, deadline)),
+                )
+                .await?
+                .into_inner()
+            };
+            QuoteRequest {
+                model: chat.model.clone(),
+                prompt_tokens: counted.prompt_tokens,
+                max_tokens: chat
+                    .sampling
+                    .max_tokens
+                    .unwrap_or(counted.default_max_tokens),
+                resource,
+            }
+        }
+        None => QuoteRequest {
+            resource,
+            ..Default::default()
+        },
     };
-    let Some(payment_json) = presented else {
+    let Some((header_name, header)) = presented else {
+        let model = quote.model.clone();
         let quote = within(deadline, billing.clone().quote(request(quote, deadline)))
             .await?
             .into_inner();
-        if quote.flat {
-            state.learn_flat_priced(&chat.model);
+        if quote.flat && !model.is_empty() {
+            state.learn_flat_priced(&model);
         }
-        return Ok(Gate::Refused(payment::required(
-            "X-PAYMENT or PAYMENT-SIGNATURE header is required",
-            &resource,
-            &quote.requirements_v1_json,
-            &quote.requirements_v2_json,
-        )));
+        let required = quote.payment_required.unwrap_or_default();
+        return Ok(Gate::Refused(payment::response(&required)));
     };
     let (events, outbound) = mpsc::channel(4);
     let open = PaidCallEvent {
         event: Some(Event::Open(AuthorizeRequest {
             request_id: request_id.to_owned(),
-            payment_payload_json: payment_json,
             quote: Some(quote),
-            stream: chat.stream,
+            stream: call.is_some_and(|chat| chat.stream),
+            payment_header: header,
+            payment_header_name: header_name.to_owned(),
+            ..Default::default()
         })),
     };
     let _ = events.send(open).await;
@@ -101,33 +115,31 @@ pub async fn gate(
         Ok((updates, verdict))
     })
     .await?;
-    match verdict {
-        Some(PaidCallUpdate {
-            update: Some(Update::Authorized(verdict)),
-        }) if verdict.is_valid => Ok(Gate::Paid(Box::new(PaidSession {
+    let Some(PaidCallUpdate {
+        update: Some(Update::Authorized(verdict)),
+    }) = verdict
+    else {
+        return Err(
+            tonic::Status::unavailable("billing ended the paid call without a verdict").into(),
+        );
+    };
+    if verdict.is_valid && !verdict.handled {
+        return Ok(Gate::Paid(Box::new(PaidSession {
             events,
             updates,
-            version: verdict.x402_version,
             settled: None,
             deadlines: state.deadlines,
-        }))),
-        Some(PaidCallUpdate {
-            update: Some(Update::Authorized(verdict)),
-        }) => {
-            // Billing ends the call after a refusal: read that end.
-            drop(events);
-            drain(&mut updates, state.deadlines.trailers).await;
-            Ok(Gate::Refused(payment::required(
-                &verdict.invalid_reason,
-                &resource,
-                &verdict.requirements_v1_json,
-                &verdict.requirements_v2_json,
-            )))
-        }
-        _ => {
-            Err(tonic::Status::unavailable("billing ended the paid call without a verdict").into())
-        }
+        })));
     }
+    // Billing ends the call after a refusal or a handled payment: read that end.
+    drop(events);
+    drain(&mut updates, state.deadlines.trailers).await;
+    let reply = payment::response(&verdict.reply.unwrap_or_default());
+    Ok(if verdict.handled {
+        Gate::Handled(reply)
+    } else {
+        Gate::Refused(reply)
+    })
 }
 
 /// An authorized call in progress. Dropped without `completed`, the call
@@ -135,7 +147,6 @@ pub async fn gate(
 pub struct PaidSession {
     events: mpsc::Sender<PaidCallEvent>,
     updates: Streaming<PaidCallUpdate>,
-    pub version: u32,
     settled: Option<SettleResponse>,
     deadlines: crate::state::Deadlines,
 }
@@ -203,8 +214,13 @@ fn completed(usage: TokenUsage, finish_reason: &str, engine: &str) -> PaidCallEv
 }
 
 /// 402 for a payment whose settlement failed: nothing was delivered.
-pub fn settlement_failed(session: &PaidSession, settled: &SettleResponse) -> Response {
-    let mut response = payment::required(&settled.error_reason, "", &[], &[]);
-    payment::set_response_header(&mut response, session.version, settled);
-    response
+pub fn settlement_failed(settled: &SettleResponse) -> Response {
+    payment::response(&settled.reply.clone().unwrap_or_default())
+}
+
+/// The payment response header on a served call's answer.
+pub fn add_payment_response(response: &mut Response, settled: &SettleResponse) {
+    if let Some(reply) = &settled.reply {
+        payment::add_headers(response, reply);
+    }
 }

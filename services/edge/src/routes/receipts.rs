@@ -31,13 +31,34 @@ pub async fn one(
         })?
         .into_inner();
     let tokens = receipt.tokens.unwrap_or_default();
-    let settlement = match SettlementStatus::try_from(receipt.status).unwrap_or_default() {
-        SettlementStatus::Unspecified => Value::Null,
-        status => json!({
-            "status": status.as_str_name().trim_start_matches("SETTLEMENT_STATUS_").to_ascii_lowercase(),
-            "transaction": (!receipt.tx_hash.is_empty()).then_some(&receipt.tx_hash),
+    let present = |text: &String| (!text.is_empty()).then(|| text.clone());
+    let settlement = if !receipt.channel_id.is_empty() {
+        // batch-settlement: charged to the channel, collected by a claim,
+        // at payTo once swept.
+        let status = match (present(&receipt.sweep_tx), present(&receipt.claim_tx)) {
+            (Some(_), _) => "settled",
+            (None, Some(_)) => "claimed",
+            (None, None) => "charged",
+        };
+        json!({
+            "scheme": "batch-settlement",
+            "status": status,
+            "channel": receipt.channel_id,
+            "cumulative": receipt.cumulative.unwrap_or_default().atomic().to_string(),
+            "claim_transaction": present(&receipt.claim_tx),
+            "transaction": present(&receipt.sweep_tx),
             "network": receipt.network,
-        }),
+        })
+    } else {
+        match SettlementStatus::try_from(receipt.status).unwrap_or_default() {
+            SettlementStatus::Unspecified => Value::Null,
+            status => json!({
+                "scheme": "exact",
+                "status": status.as_str_name().trim_start_matches("SETTLEMENT_STATUS_").to_ascii_lowercase(),
+                "transaction": present(&receipt.tx_hash),
+                "network": receipt.network,
+            }),
+        }
     };
     Ok(Json(json!({
         "id": receipt.request_id,

@@ -1,0 +1,9 @@
+//! The one clock billing reads: unix seconds, for authorization windows.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,274 @@
+//! The `payload` of a batch-settlement payment, as the official clients send
+//! it (`type`: deposit, voucher or refund), decoded into typed values. Shape
+//! only: signatures and amounts are checked in `verify` and by the channel.
+
+use alloy_primitives::{Address, B256, Bytes, U256, aliases::U40};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::BatchReason;
+use super::eip712::ChannelConfig;
+
+/// A signed cumulative voucher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedVoucher {
+    pub channel_id: B256,
+    pub max_claimable: u128,
+    pub signature: Bytes,
+}
+
+/// EIP-3009 `receiveWithAuthorization` for a deposit (the collector rebuilds
+/// `from`, `to`, `value` and the nonce from the channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DepositAuthorization {
+    pub amount: u128,
+    pub valid_after: U256,
+    pub valid_before: U256,
+    pub salt: U256,
+    pub signature: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchPayload {
+    /// Opens or tops up the channel; its voucher pays this call.
+    Deposit {
+        config: ChannelConfig,
+        voucher: SignedVoucher,
+        deposit: DepositAuthorization,
+    },
+    /// Pays this call from the channel.
+    Voucher {
+        config: ChannelConfig,
+        voucher: SignedVoucher,
+    },
+    /// Asks for the unspent deposit back (all of it, or `amount`); its voucher
+    /// charges nothing more.
+    Refund {
+        config: ChannelConfig,
+        voucher: SignedVoucher,
+        amount: Option<u128>,
+    },
+}
+
+impl BatchPayload {
+    pub fn config(&self) -> &ChannelConfig {
+        match self {
+            Self::Deposit { config, .. }
+            | Self::Voucher { config, .. }
+            | Self::Refund { config, .. } => config,
+        }
+    }
+
+    pub fn voucher(&self) -> &SignedVoucher {
+        match self {
+            Self::Deposit { voucher, .. }
+            | Self::Voucher { voucher, .. }
+            | Self::Refund { voucher, .. } => voucher,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigJson {
+    payer: String,
+    payer_authorizer: String,
+    receiver: String,
+    receiver_authorizer: String,
+    token: String,
+    withdraw_delay: Value,
+    salt: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VoucherJson {
+    channel_id: String,
+    max_claimable_amount: Value,
+    signature: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DepositJson {
+    amount: Value,
+    authorization: DepositAuthorizationJson,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DepositAuthorizationJson {
+    erc3009_authorization: Option<Erc3009Json>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Erc3009Json {
+    valid_after: Value,
+    valid_before: Value,
+    salt: String,
+    signature: String,
+}
+
+/// A decimal amount, as a string (the wire form) or a JSON number.
+pub fn amount(value: &Value) -> Option<U256> {
+    match value {
+        Value::String(text) => U256::from_str_radix(text, 10).ok(),
+        Value::Number(n) => n.as_u64().map(U256::from),
+        _ => None,
+    }
+}
+
+fn amount_u128(value: &Value) -> Option<u128> {
+    amount(value).and_then(|a| u128::try_from(a).ok())
+}
+
+fn hex_bytes(text: &str) -> Option<Bytes> {
+    alloy_primitives::hex::decode(text).ok().map(Bytes::from)
+}
+
+/// 0x + 64 hex digits exactly: anything else is not a channel id.
+fn channel_id(text: &str) -> Result<B256, BatchReason> {
+    let digits = text
+        .strip_prefix("0x")
+        .ok_or(BatchReason::ChannelIdInvalid)?;
+    if digits.len() != 64 {
+        return Err(BatchReason::ChannelIdInvalid);
+    }
+    text.parse().map_err(|_| BatchReason::ChannelIdInvalid)
+}
+
+fn config(json: ConfigJson, bad: BatchReason) -> Result<ChannelConfig, BatchReason> {
+    let address = |text: &str| text.parse::<Address>().map_err(|_| bad);
+    let delay = amount(&json.withdraw_delay)
+        .and_then(|d| u64::try_from(d).ok())
+        .filter(|d| *d < (1u64 << 40))
+        .ok_or(bad)?;
+    Ok(ChannelConfig {
+        payer: address(&json.payer)?,
+        payerAuthorizer: address(&json.payer_authorizer)?,
+        receiver: address(&json.receiver)?,
+        receiverAuthorizer: address(&json.receiver_authorizer)?,
+        token: address(&json.token)?,
+        withdrawDelay: U40::from(delay),
+        salt: json.salt.parse().map_err(|_| bad)?,
+    })
+}
+
+fn voucher(json: VoucherJson, bad: BatchReason) -> Result<SignedVoucher, BatchReason> {
+    Ok(SignedVoucher {
+        channel_id: channel_id(&json.channel_id)?,
+        max_claimable: amount_u128(&json.max_claimable_amount).ok_or(bad)?,
+        signature: hex_bytes(&json.signature).ok_or(bad)?,
+    })
+}
+
+fn field<T: serde::de::DeserializeOwned>(
+    payload: &Value,
+    name: &str,
+    bad: BatchReason,
+) -> Result<T, BatchReason> {
+    let value = payload.get(name).ok_or(bad)?;
+    T::deserialize(value).map_err(|_| bad)
+}
+
+pub fn parse(payload: &Value) -> Result<BatchPayload, BatchReason> {
+    let kind = payload.get("type").and_then(Value::as_str);
+    let bad = match kind {
+        Some("deposit") => BatchReason::DepositPayload,
+        Some("voucher") => BatchReason::VoucherPayload,
+        Some("refund") => BatchReason::RefundPayload,
+        _ => return Err(BatchReason::PayloadType),
+    };
+    let config = config(field(payload, "channelConfig", bad)?, bad)?;
+    let voucher = voucher(field(payload, "voucher", bad)?, bad)?;
+    Ok(match kind {
+        Some("deposit") => {
+            let deposit: DepositJson = field(payload, "deposit", bad)?;
+            // Permit2 deposits are not offered (assetTransferMethod eip3009).
+            let auth = deposit.authorization.erc3009_authorization.ok_or(bad)?;
+            BatchPayload::Deposit {
+                config,
+                voucher,
+                deposit: DepositAuthorization {
+                    amount: amount_u128(&deposit.amount).filter(|a| *a > 0).ok_or(bad)?,
+                    valid_after: amount(&auth.valid_after).ok_or(bad)?,
+                    valid_before: amount(&auth.valid_before).ok_or(bad)?,
+                    salt: auth.salt.parse().map_err(|_| bad)?,
+                    signature: hex_bytes(&auth.signature).ok_or(bad)?,
+                },
+            }
+        }
+        Some("voucher") => BatchPayload::Voucher { config, voucher },
+        _ => BatchPayload::Refund {
+            config,
+            voucher,
+            amount: match payload.get("amount") {
+                None | Some(Value::Null) => None,
+                Some(value) => Some(
+                    amount_u128(value)
+                        .filter(|a| *a > 0)
+                        .ok_or(BatchReason::RefundAmountInvalid)?,
+                ),
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn config() -> Value {
+        json!({"payer": "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+            "payerAuthorizer": "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+            "receiver": "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+            "receiverAuthorizer": "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
+            "token": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "withdrawDelay": 900, "salt": format!("0x{}", "00".repeat(32))})
+    }
+
+    fn voucher(id: &str) -> Value {
+        json!({"channelId": id, "maxClaimableAmount": "7", "signature": format!("0x{}", "11".repeat(65))})
+    }
+
+    #[test]
+    fn each_payload_type_decodes_and_bad_shapes_give_their_reason() {
+        let id = format!("0x{}", "ab".repeat(32));
+        let paid =
+            parse(&json!({"type": "voucher", "channelConfig": config(), "voucher": voucher(&id)}))
+                .expect("voucher");
+        assert_eq!(paid.voucher().max_claimable, 7);
+        assert_eq!(paid.config().withdrawDelay, U40::from(900u64));
+        let refund = json!({"type": "refund", "channelConfig": config(), "voucher": voucher(&id), "amount": "3"});
+        assert!(matches!(
+            parse(&refund),
+            Ok(BatchPayload::Refund {
+                amount: Some(3),
+                ..
+            })
+        ));
+        let deposit = json!({"type": "deposit", "channelConfig": config(), "voucher": voucher(&id),
+            "deposit": {"amount": "1000", "authorization": {"erc3009Authorization": {
+                "validAfter": "0", "validBefore": "99", "salt": format!("0x{}", "01".repeat(32)),
+                "signature": format!("0x{}", "22".repeat(65))}}}});
+        assert!(matches!(parse(&deposit), Ok(BatchPayload::Deposit { .. })));
+
+        assert_eq!(
+            parse(&json!({"type": "claim"})),
+            Err(BatchReason::PayloadType)
+        );
+        let short =
+            json!({"type": "voucher", "channelConfig": config(), "voucher": voucher("0x12")});
+        assert_eq!(parse(&short), Err(BatchReason::ChannelIdInvalid));
+        let no_config = json!({"type": "voucher", "voucher": voucher(&id)});
+        assert_eq!(parse(&no_config), Err(BatchReason::VoucherPayload));
+        let zero = json!({"type": "refund", "channelConfig": config(), "voucher": voucher(&id), "amount": "0"});
+        assert_eq!(parse(&zero), Err(BatchReason::RefundAmountInvalid));
+        let no_auth = json!({"type": "deposit", "channelConfig": config(), "voucher": voucher(&id),
+            "deposit": {"amount": "1000", "authorization": {}}});
+        assert_eq!(parse(&no_auth), Err(BatchReason::DepositPayload));
+    }
+}
