@@ -266,6 +266,11 @@ pub async fn start(root: &Path, port: u16) -> anyhow::Result<DevChain> {
 
 /// Billing's payment network for the dev chain (TOML for RUNGATE_NETWORKS).
 pub fn networks_toml(rpc_url: &str) -> String {
+    networks_toml_with(rpc_url, 300)
+}
+
+/// The same, with payments valid for `max_timeout_seconds`.
+pub fn networks_toml_with(rpc_url: &str, max_timeout_seconds: u64) -> String {
     format!(
         r#"[[networks]]
 network = "eip155:{CHAIN_ID}"
@@ -276,7 +281,7 @@ asset = "{TOKEN}"
 eip712_name = "USD Coin"
 eip712_version = "2"
 pay_to = "{PAY_TO}"
-max_timeout_seconds = 300
+max_timeout_seconds = {max_timeout_seconds}
 "#
     )
 }

@@ -33,6 +33,10 @@ pub struct PaidOptions {
     /// How often batch-settlement channels are claimed.
     pub claim_interval: Duration,
     pub voucher_flush: Duration,
+    /// How long payments are valid (the offers' maxTimeoutSeconds).
+    pub max_timeout_seconds: u64,
+    /// Billing's price table (TOML); None: the list price.
+    pub prices_toml: Option<String>,
 }
 
 impl Default for PaidOptions {
@@ -44,6 +48,8 @@ impl Default for PaidOptions {
             settle_interval: Duration::from_millis(100),
             claim_interval: Duration::from_secs(3600),
             voucher_flush: Duration::from_millis(20),
+            max_timeout_seconds: 300,
+            prices_toml: None,
         }
     }
 }
@@ -90,7 +96,11 @@ impl PaidStack {
 
         let (listener, billing_addr) = bind().await?;
         let billing = rungate_billing::Config {
-            networks_toml: Some(chain::networks_toml(&proxy.url)),
+            networks_toml: Some(chain::networks_toml_with(
+                &proxy.url,
+                options.max_timeout_seconds,
+            )),
+            prices_toml: options.prices_toml.clone(),
             ledger_url: ledger_url.clone(),
             settlement_key: Some(rungate_billing::config::Redacted(chain::SETTLER_KEY.into())),
             settlement: options.settlement,

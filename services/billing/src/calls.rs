@@ -199,6 +199,7 @@ impl Billing {
                             authorization_id: authorized.request_id.clone(),
                             amount: Some(amount.into()),
                             x402_version: authorized.version,
+                            scheme: "exact".into(),
                             ..Default::default()
                         },
                         admission: Some(Admission::Exact(authorized)),
@@ -226,6 +227,7 @@ impl Billing {
                             authorization_id: request.request_id.clone(),
                             amount: Some(amount.into()),
                             x402_version: version,
+                            scheme: crate::x402::batch::SCHEME.into(),
                             ..Default::default()
                         },
                         admission: Some(Admission::Batch(BatchCall {

@@ -24,6 +24,9 @@ pub enum BillingError {
     Chain(#[from] crate::chain::ReadError),
     #[error("chain outcome unknown: {0}")]
     ChainUnavailable(String),
+    /// Settlement is behind: a new `exact` payment would not be settled before it expires.
+    #[error("settlement is behind; retry in {retry_after} s")]
+    Overloaded { retry_after: u32 },
 }
 
 impl From<BillingError> for Status {
@@ -37,9 +40,15 @@ impl From<BillingError> for Status {
             BillingError::Ledger(_) => Code::Internal,
             BillingError::LedgerUnavailable(_)
             | BillingError::Chain(_)
-            | BillingError::ChainUnavailable(_) => Code::Unavailable,
+            | BillingError::ChainUnavailable(_)
+            | BillingError::Overloaded { .. } => Code::Unavailable,
         };
         let mut status = Status::new(code, error.to_string());
+        if let BillingError::Overloaded { retry_after } = &error
+            && let Ok(value) = MetadataValue::try_from(retry_after.to_string())
+        {
+            status.metadata_mut().insert("retry-after", value);
+        }
         if matches!(error, BillingError::MalformedPayment { .. }) {
             status.metadata_mut().insert(
                 "x-rungate-code",

@@ -198,6 +198,10 @@ async fn settle(State(payments): State<Arc<Payments>>, Json(body): Json<Value>) 
             "success": false, "errorReason": "transaction_failed", "errorMessage": reason,
             "payer": payer, "transaction": "", "network": checked.network,
         }),
+        Outcome::Expired => json!({
+            "success": false, "errorReason": "invalid_exact_evm_payload_authorization_valid_before",
+            "payer": payer, "transaction": "", "network": checked.network,
+        }),
         Outcome::Unknown { error } => json!({
             "success": false, "errorReason": "unexpected_settle_error", "errorMessage": error,
             "payer": payer, "transaction": "", "network": checked.network,

@@ -7,8 +7,9 @@ use rungate_common::propagation::TracePropagator;
 use rungate_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
 use rungate_proto::ledger::v1::{
     Authorization, ChannelClaim, ChannelDeposit, ChannelRefund, ChannelState, ClaimChannelsRequest,
-    ClaimSettlementsRequest, ClaimedSettlement, GetChannelRequest, LedgerWrite, SettlementStatus,
-    SettlementUpdate, Sweep, Usage, WriteBatch, WriteOutcome, ledger_write::Record,
+    ClaimSettlementsRequest, ClaimedSettlement, GetChannelRequest, LedgerWrite,
+    SettlementBacklogRequest, SettlementBacklogResponse, SettlementStatus, SettlementUpdate, Sweep,
+    Usage, WriteBatch, WriteOutcome, ledger_write::Record,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -213,6 +214,14 @@ impl Ledger {
             }
         }
         Ok(())
+    }
+
+    /// Served `exact` calls waiting for settlement.
+    pub async fn backlog(&self) -> Result<SettlementBacklogResponse, BillingError> {
+        let mut client = self.client.clone();
+        let call =
+            client.settlement_backlog(request(SettlementBacklogRequest::default(), CALL_DEADLINE));
+        Ok(within(CALL_DEADLINE, call).await?.into_inner())
     }
 
     /// Channels due for claiming, leased to `worker`.

@@ -9,6 +9,7 @@
 //! `workers` collect the money; `service`, `paid_call` and `facilitator` are
 //! the APIs.
 
+mod backpressure;
 mod calls;
 mod chain;
 mod channels;
@@ -127,6 +128,7 @@ fn payments(config: &Config) -> Result<Option<Arc<payments::Payments>>, BillingE
         mode: config.settlement,
         settle_interval: config.settle_interval,
         lease: config.receipt_timeout * 2,
+        pressure: Default::default(),
         worker: format!("billing-{}", std::process::id()),
     })))
 }

@@ -33,6 +33,8 @@ pub struct Payments {
     pub settle_interval: Duration,
     /// How long a claimed settlement is ours before another worker may retry it.
     pub lease: Duration,
+    /// The settlement backlog, for refusing what could not be settled in time.
+    pub pressure: crate::backpressure::Pressure,
     pub worker: String,
 }
 
@@ -74,6 +76,14 @@ impl Payments {
     ) -> Result<Result<Authorized, InvalidReason>, BillingError> {
         // `networks` lists the chains' networks in the same order.
         let chain = &self.chains[presented.index];
+        let margin = crate::workers::settlement::SEND_MARGIN_SECS;
+        if self.mode == SettlementMode::Deferred
+            && let Err(retry_after) =
+                self.pressure
+                    .admit(now, chain.network.max_timeout_seconds, margin)
+        {
+            return Err(BillingError::Overloaded { retry_after });
+        }
         let verified = match &self.remote {
             None => {
                 let expected = exact_evm::Expected {
@@ -92,6 +102,14 @@ impl Payments {
             Ok(v) => v,
             Err(reason) => return Ok(Err(reason)),
         };
+        // Deferred: the worker must still be able to send it after the
+        // current backlog, with its margin; else it would be served unpaid.
+        if self.mode == SettlementMode::Deferred {
+            let reach = now + margin + self.pressure.drain_secs();
+            if verified.message.validBefore <= U256::from(reach) {
+                return Ok(Err(InvalidReason::ValidBefore));
+            }
+        }
         let message = &verified.message;
         let record = Authorization {
             request_id: request_id.to_owned(),
@@ -189,7 +207,9 @@ impl Payments {
             .map_or_else(|_| authorization.payer.clone(), |a| a.to_checksum(None));
         let (success, error, tx) = match outcome {
             Outcome::Settled { tx_hash, .. } => (true, "", tx_hash.to_string()),
-            Outcome::Failed { .. } => (false, "transaction_failed", String::new()),
+            Outcome::Failed { .. } | Outcome::Expired => {
+                (false, "transaction_failed", String::new())
+            }
             // As far as the payer is concerned it is paid; the worker makes
             // sure of it (and cannot pay twice).
             Outcome::Unknown { .. } => (true, "", String::new()),
@@ -211,20 +231,76 @@ impl Payments {
         chain: &Chain,
         authorization: &Authorization,
     ) -> Result<Outcome, BillingError> {
-        let request_id = &authorization.request_id;
         let outcome = match (to_settle(authorization), &self.remote) {
             (Err(reason), _) => Outcome::Failed { reason },
             (Ok(_), Some(remote)) => remote.settle(&chain.network, authorization).await,
-            (Ok(auth), None) => {
-                let outcome = chain.settle(&auth).await;
-                if !matches!(outcome, Outcome::Unknown { .. }) {
-                    self.funds
-                        .release(&chain.network.network, auth.from, auth.value);
-                }
-                outcome
-            }
+            (Ok(auth), None) => chain.settle(&auth).await,
         };
-        let update = match &outcome {
+        self.record(chain, authorization, &outcome).await?;
+        Ok(outcome)
+    }
+
+    /// Settles many claimed authorizations in one Multicall3 transaction
+    /// (each may fail on its own) and records each outcome. Retries of an
+    /// earlier attempt, and payments through an external facilitator, go
+    /// one by one: the careful path asks the chain first.
+    pub async fn settle_batch(
+        &self,
+        chain: &Chain,
+        claimed: &[(&Authorization, u32)],
+    ) -> Vec<Result<Outcome, BillingError>> {
+        let mut results = Vec::with_capacity(claimed.len());
+        let mut fresh = Vec::with_capacity(claimed.len());
+        for (authorization, attempts) in claimed {
+            match to_settle(authorization) {
+                Ok(auth) if *attempts <= 1 && self.remote.is_none() => {
+                    fresh.push((*authorization, auth))
+                }
+                _ => results.push(self.settle_claimed(chain, authorization).await),
+            }
+        }
+        if fresh.is_empty() {
+            return results;
+        }
+        let auths: Vec<SettleAuthorization> = fresh.iter().map(|(_, auth)| auth.clone()).collect();
+        let outcomes = chain.settle_many(&auths).await;
+        for ((authorization, _), outcome) in fresh.iter().zip(outcomes) {
+            results.push(
+                self.record(chain, authorization, &outcome)
+                    .await
+                    .map(|()| outcome),
+            );
+        }
+        results
+    }
+
+    /// Marks a claimed authorization expired without sending it.
+    pub async fn expire_unsent(
+        &self,
+        chain: &Chain,
+        authorization: &Authorization,
+    ) -> Result<(), BillingError> {
+        self.record(chain, authorization, &Outcome::Expired).await
+    }
+
+    /// Records a final outcome in the ledger (an unknown one stays claimed:
+    /// the worker retries it when the lease lapses) and frees the payer's
+    /// held funds once the outcome is final.
+    async fn record(
+        &self,
+        chain: &Chain,
+        authorization: &Authorization,
+        outcome: &Outcome,
+    ) -> Result<(), BillingError> {
+        let request_id = &authorization.request_id;
+        if self.remote.is_none()
+            && !matches!(outcome, Outcome::Unknown { .. })
+            && let Ok(auth) = to_settle(authorization)
+        {
+            self.funds
+                .release(&chain.network.network, auth.from, auth.value);
+        }
+        let update = match outcome {
             Outcome::Settled { tx_hash, block } => SettlementUpdate {
                 request_id: request_id.clone(),
                 status: SettlementStatus::Settled as i32,
@@ -238,14 +314,19 @@ impl Payments {
                 error: reason.clone(),
                 ..Default::default()
             },
+            Outcome::Expired => SettlementUpdate {
+                request_id: request_id.clone(),
+                status: SettlementStatus::Expired as i32,
+                error: "too close to validBefore to be mined in time; not sent".into(),
+                ..Default::default()
+            },
             Outcome::Unknown { error } => {
                 tracing::warn!(%request_id, %error, "settlement outcome unknown; it will be retried");
-                return Ok(outcome);
+                return Ok(());
             }
         };
-        tracing::info!(%request_id, ?outcome, "settlement finished");
-        self.ledger.finish(update).await?;
-        Ok(outcome)
+        tracing::debug!(%request_id, ?outcome, "settlement finished");
+        self.ledger.finish(update).await
     }
 }
 

@@ -146,7 +146,14 @@ impl From<tonic::Status> for ApiError {
             Code::NotFound => Self::not_found(message),
             // Unknown is what a broken connection or a crashed peer gives: retry.
             Code::ResourceExhausted | Code::Unavailable | Code::Unknown | Code::Aborted => Self {
-                retry_after_secs: Some(1),
+                retry_after_secs: Some(
+                    status
+                        .metadata()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1),
+                ),
                 ..Self::server(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
             },
             Code::DeadlineExceeded => Self {

@@ -25,6 +25,11 @@ pub struct ServedCall<'a> {
     pub engine: &'a str,
     pub usage: TokenUsage,
     pub finish_reason: &'a str,
+    /// What it was quoted and charged (free mode: nothing). For an `exact`
+    /// paid call this is the very record billing writes (same key, same
+    /// payload): whichever lands first counts, so a billing crash between
+    /// the answer and its own write loses nothing.
+    pub charged: rungate_proto::types::v1::Amount,
 }
 
 impl UsageRecorder {
@@ -43,9 +48,8 @@ impl UsageRecorder {
                 request_id: call.request_id.to_owned(),
                 model: call.model.to_owned(),
                 tokens: Some(call.usage),
-                // Free mode: nothing quoted, nothing charged.
-                quoted: Some(0u128.into()),
-                charged: Some(0u128.into()),
+                quoted: Some(call.charged),
+                charged: Some(call.charged),
                 engine: call.engine.to_owned(),
                 finish_reason: call.finish_reason.to_owned(),
                 ..Default::default()

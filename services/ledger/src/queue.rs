@@ -6,6 +6,7 @@
 
 use rungate_proto::ledger::v1::{
     Authorization, ClaimSettlementsRequest, ClaimSettlementsResponse, ClaimedSettlement,
+    SettlementBacklogRequest, SettlementBacklogResponse,
 };
 use sqlx::{PgPool, Row};
 
@@ -89,6 +90,30 @@ pub async fn claim(
         })
         .collect::<Result<_, LedgerError>>()?;
     Ok(ClaimSettlementsResponse { claimed })
+}
+
+/// Served, unsettled calls: how many, the earliest deadline, the oldest.
+pub async fn backlog(
+    pool: &PgPool,
+    request: &SettlementBacklogRequest,
+) -> Result<SettlementBacklogResponse, LedgerError> {
+    let row = sqlx::query(
+        "SELECT count(*) AS due,
+                coalesce(min(a.valid_before), 0)::text AS earliest,
+                coalesce(extract(epoch FROM min(a.created_at)), 0)::bigint AS oldest
+         FROM settlements s JOIN authorizations a ON a.request_id = s.request_id
+         WHERE (s.status = 'authorized' OR (s.status = 'settling' AND s.lease_until < now()))
+           AND ($1 = '' OR a.network = $1)
+           AND EXISTS (SELECT 1 FROM usage_records u WHERE u.request_id = s.request_id)",
+    )
+    .bind(&request.network)
+    .fetch_one(pool)
+    .await?;
+    Ok(SettlementBacklogResponse {
+        due: row.get::<i64, _>("due") as u64,
+        earliest_valid_before: row.get::<&str, _>("earliest").parse().unwrap_or(0),
+        oldest_authorized_at: row.get::<i64, _>("oldest") as u64,
+    })
 }
 
 /// Authorizations past `validBefore` that were never claimed become expired,

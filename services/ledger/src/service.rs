@@ -6,8 +6,9 @@ use rungate_proto::ledger::v1::{
     ChannelState, ClaimChannelsRequest, ClaimChannelsResponse, ClaimSettlementsRequest,
     ClaimSettlementsResponse, ExpireAuthorizationsRequest, ExpireAuthorizationsResponse,
     GetChannelRequest, GetReceiptRequest, LedgerWrite, ListBalancesRequest, ListBalancesResponse,
-    ListSettlementsRequest, ListSettlementsResponse, Receipt, SettlementChange,
-    WatchSettlementsRequest, WriteAck, WriteAcks, WriteBatch,
+    ListSettlementsRequest, ListSettlementsResponse, Receipt, SettlementBacklogRequest,
+    SettlementBacklogResponse, SettlementChange, WatchSettlementsRequest, WriteAck, WriteAcks,
+    WriteBatch,
 };
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -117,6 +118,15 @@ impl LedgerService for LedgerApi {
     ) -> Result<Response<ClaimSettlementsResponse>, Status> {
         Ok(Response::new(
             queue::claim(&self.pool, request.get_ref()).await?,
+        ))
+    }
+
+    async fn settlement_backlog(
+        &self,
+        request: Request<SettlementBacklogRequest>,
+    ) -> Result<Response<SettlementBacklogResponse>, Status> {
+        Ok(Response::new(
+            queue::backlog(&self.pool, request.get_ref()).await?,
         ))
     }
 

@@ -16,6 +16,7 @@ mod local_engine;
 mod payments;
 mod queue;
 mod receipts;
+mod settle_batch;
 mod shutdown;
 mod stream_ends;
 mod support;

@@ -2,6 +2,7 @@
 //! and `transferWithAuthorization` submission for settlement.
 
 pub mod escrow;
+mod multicall;
 mod submit;
 
 use std::time::Duration;

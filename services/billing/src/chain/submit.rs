@@ -35,6 +35,8 @@ pub enum Outcome {
     Settled { tx_hash: B256, block: u64 },
     /// It did not and never will (reverted, expired, canceled).
     Failed { reason: String },
+    /// Not sent: too close to `validBefore` to be mined in time.
+    Expired,
     /// Not known yet (RPC down, no receipt before the timeout): retry later;
     /// the retry finds out what happened first.
     Unknown { error: String },
@@ -148,7 +150,7 @@ impl Chain {
     }
 
     /// The transaction that used this authorization, from its log.
-    async fn find_used(&self, auth: &SettleAuthorization) -> Outcome {
+    pub(super) async fn find_used(&self, auth: &SettleAuthorization) -> Outcome {
         let latest = match self.provider.get_block_number().await {
             Ok(n) => n,
             Err(e) => return unknown(&e),
@@ -177,7 +179,7 @@ impl Chain {
 }
 
 /// transferWithAuthorization(from, to, value, validAfter, validBefore, nonce, v, r, s).
-fn transfer_call(auth: &SettleAuthorization) -> Vec<u8> {
+pub(super) fn transfer_call(auth: &SettleAuthorization) -> Vec<u8> {
     Eip3009Token::transferWithAuthorizationCall {
         from: auth.from,
         to: auth.to,

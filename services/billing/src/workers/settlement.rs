@@ -1,18 +1,28 @@
-//! Deferred `exact` settlement: claims served calls, earliest deadline first,
-//! and settles them, until stopped. Claims are leased, so a crashed worker's
-//! work comes back to whoever runs next.
+//! Deferred `exact` settlement: claims served calls, earliest deadline
+//! first, and settles them many per transaction (Multicall3), several
+//! transactions in flight at once, until stopped. An authorization too close
+//! to its `validBefore` to be mined in time is marked expired without
+//! sending anything (no reverted transaction, no gas). Claims are leased, so
+//! a crashed worker's work comes back to whoever runs next. Each pass also
+//! reads the backlog for backpressure (see `backpressure`).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use rungate_proto::ledger::v1::ClaimSettlementsRequest;
 use tokio_util::sync::CancellationToken;
 
 use crate::BillingError;
-use crate::chain::Chain;
+use crate::chain::{Chain, Outcome};
+use crate::clock::now;
 use crate::payments::Payments;
 
-/// Claims the worker takes per network per pass.
-const CLAIM_BATCH: u32 = 64;
+/// Authorizations per Multicall3 transaction.
+const PER_TX: usize = 100;
+/// Transactions in flight at once per chain.
+const IN_FLIGHT: usize = 4;
+/// An authorization whose `validBefore` is nearer than this is not sent.
+pub const SEND_MARGIN_SECS: u64 = 20;
 
 pub async fn run(payments: Arc<Payments>, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(payments.settle_interval);
@@ -23,32 +33,73 @@ pub async fn run(payments: Arc<Payments>, stop: CancellationToken) {
             _ = ticks.tick() => {}
         }
         for chain in &payments.chains {
-            if let Err(error) = drain_once(&payments, chain).await {
-                tracing::warn!(%error, network = %chain.network.network, "settlement pass failed");
+            // A full pass means more is waiting: go again at once.
+            loop {
+                match drain_once(&payments, chain).await {
+                    Ok(full) if full && !stop.is_cancelled() => continue,
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, network = %chain.network.network, "settlement pass failed");
+                    }
+                }
+                break;
             }
         }
+        observe_backlog(&payments).await;
     }
 }
 
-async fn drain_once(payments: &Payments, chain: &Arc<Chain>) -> Result<(), BillingError> {
+async fn observe_backlog(payments: &Payments) {
+    match payments.ledger.backlog().await {
+        Ok(backlog) => payments
+            .pressure
+            .observe_backlog(backlog.due, backlog.earliest_valid_before),
+        Err(error) => tracing::debug!(%error, "backlog unreadable"),
+    }
+}
+
+/// One pass: whether it took a full load (more may be waiting).
+async fn drain_once(payments: &Payments, chain: &Arc<Chain>) -> Result<bool, BillingError> {
+    let started = Instant::now();
     let claimed = payments
         .ledger
         .claim(ClaimSettlementsRequest {
             worker: payments.worker.clone(),
-            limit: CLAIM_BATCH,
+            limit: (PER_TX * IN_FLIGHT) as u32,
             lease_seconds: payments.lease.as_secs().max(1) as u32,
             network: chain.network.network.clone(),
             request_id: String::new(),
         })
         .await?;
-    let settles = claimed
+    let full = claimed.len() == PER_TX * IN_FLIGHT;
+    let deadline = now() + SEND_MARGIN_SECS;
+    let (late, due): (Vec<_>, Vec<_>) = claimed
         .iter()
-        .filter_map(|c| c.authorization.as_ref())
-        .map(|a| payments.settle_claimed(chain, a));
-    for result in futures::future::join_all(settles).await {
-        if let Err(error) = result {
-            tracing::warn!(%error, "recording a settlement failed; it will be retried");
+        .filter_map(|c| c.authorization.as_ref().map(|a| (a, c.attempts)))
+        .partition(|(a, _)| a.valid_before <= deadline);
+    for (authorization, _) in &late {
+        tracing::warn!(request_id = %authorization.request_id, "too close to validBefore to settle; expired unsent");
+        if let Err(error) = payments.expire_unsent(chain, authorization).await {
+            tracing::warn!(%error, "recording an expiry failed; it will be retried");
         }
     }
-    Ok(())
+    let batches = due
+        .chunks(PER_TX)
+        .map(|batch| payments.settle_batch(chain, batch));
+    let mut settled = 0;
+    for results in futures::future::join_all(batches).await {
+        for result in results {
+            match result {
+                Ok(Outcome::Settled { .. }) => settled += 1,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "recording a settlement failed; it will be retried")
+                }
+            }
+        }
+    }
+    payments
+        .pressure
+        .observe_settled(settled, started.elapsed());
+    Ok(full)
 }

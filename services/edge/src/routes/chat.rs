@@ -214,6 +214,7 @@ impl Call {
             engine: &self.served_by,
             usage: finished.usage.unwrap_or_default(),
             finish_reason: finish_reason(finished.finish_reason),
+            charged: 0u128.into(),
         });
     }
 }

@@ -124,11 +124,20 @@ pub async fn gate(
         );
     };
     if verdict.is_valid && !verdict.handled {
+        // An exact call's usage record is the same whoever writes it: the
+        // edge writes it too, so it survives billing dying before its write.
+        let served = (verdict.scheme == "exact").then(|| Served {
+            recorder: state.usage.clone(),
+            request_id: request_id.to_owned(),
+            model: call.map(|chat| chat.model.clone()).unwrap_or_default(),
+            amount: verdict.amount.unwrap_or_default(),
+        });
         return Ok(Gate::Paid(Box::new(PaidSession {
             events,
             updates,
             settled: None,
             deadlines: state.deadlines,
+            served,
         })));
     }
     // Billing ends the call after a refusal or a handled payment: read that end.
@@ -149,6 +158,28 @@ pub struct PaidSession {
     updates: Streaming<PaidCallUpdate>,
     settled: Option<SettleResponse>,
     deadlines: crate::state::Deadlines,
+    served: Option<Served>,
+}
+
+/// Where the edge records an `exact` call's usage itself.
+struct Served {
+    recorder: crate::recorder::UsageRecorder,
+    request_id: String,
+    model: String,
+    amount: rungate_proto::types::v1::Amount,
+}
+
+impl Served {
+    fn record(&self, usage: TokenUsage, finish_reason: &str, engine: &str) {
+        self.recorder.record(crate::recorder::ServedCall {
+            request_id: &self.request_id,
+            model: &self.model,
+            engine,
+            usage,
+            finish_reason,
+            charged: self.amount,
+        });
+    }
 }
 
 impl PaidSession {
@@ -180,6 +211,9 @@ impl PaidSession {
             .events
             .send(completed(usage, finish_reason, engine))
             .await;
+        if let Some(served) = &self.served {
+            served.record(usage, finish_reason, engine);
+        }
     }
 
     /// The same, from a context that cannot wait (a dropped stream).
@@ -187,6 +221,9 @@ impl PaidSession {
         let _ = self
             .events
             .try_send(completed(usage, finish_reason, engine));
+        if let Some(served) = &self.served {
+            served.record(usage, finish_reason, engine);
+        }
     }
 
     /// Ends the call and waits (within the settle deadline) until billing
