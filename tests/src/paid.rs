@@ -21,6 +21,7 @@ pub struct PaidStack {
     pub chain_url: String,
     /// What billing talks to.
     pub proxy: ChainProxy,
+    billing: Billing,
     pub chain: DevChain,
 }
 
@@ -69,7 +70,54 @@ async fn fresh_database(url: &str) -> anyhow::Result<String> {
     Ok(format!("{server}/{name}"))
 }
 
+/// The stack's billing, which a test may restart on the same address.
+struct Billing {
+    addr: SocketAddr,
+    config: rungate_billing::Config,
+    stop: tokio_util::sync::CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Billing {
+    fn spawn(listener: TcpListener, addr: SocketAddr, config: rungate_billing::Config) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let serving = config.clone();
+        let done = tokio::spawn(async move {
+            if let Err(error) = rungate_billing::serve(listener, serving, shutdown).await {
+                eprintln!("paid billing stopped: {error:#}");
+            }
+        });
+        Self {
+            addr,
+            config,
+            stop,
+            done,
+        }
+    }
+}
+
 impl PaidStack {
+    /// Stops billing (gracefully: what it holds only in memory is gone, as
+    /// after a crash, except the last coalesced writes) and starts a new
+    /// one on the same address, as a restart would.
+    pub async fn restart_billing(&mut self) -> anyhow::Result<()> {
+        self.billing.stop.cancel();
+        (&mut self.billing.done).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(self.billing.addr).await {
+                Ok(listener) => break listener,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        self.billing = Billing::spawn(listener, self.billing.addr, self.billing.config.clone());
+        crate::cluster::wait_serving(&self.billing_url).await
+    }
+
     /// Starts anvil, billing and a paid edge on the current runtime; they
     /// stop with it (anvil with this value).
     pub async fn start(
@@ -112,15 +160,10 @@ impl PaidStack {
             )),
             claim_interval: options.claim_interval,
             voucher_flush: options.voucher_flush,
+            drain_timeout: Duration::from_secs(1),
             ..Default::default()
         };
-        tokio::spawn(async move {
-            if let Err(error) =
-                rungate_billing::serve(listener, billing, std::future::pending()).await
-            {
-                eprintln!("paid billing stopped: {error:#}");
-            }
-        });
+        let billing = Billing::spawn(listener, billing_addr, billing);
         let billing_url = format!("http://{billing_addr}");
         crate::cluster::wait_serving(&billing_url).await?;
 
@@ -134,6 +177,7 @@ impl PaidStack {
         Ok(Self {
             edge_url: format!("http://{edge_addr}"),
             billing_url,
+            billing,
             ledger_url,
             chain_url: chain.rpc_url.clone(),
             proxy,

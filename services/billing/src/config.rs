@@ -105,7 +105,7 @@ pub struct Config {
 
     /// How long served calls' vouchers gather before they are stored (one
     /// ledger batch); what a billing crash can lose at most.
-    #[arg(long, env = "RUNGATE_VOUCHER_FLUSH", default_value = "20ms",
+    #[arg(long, env = "RUNGATE_VOUCHER_FLUSH", default_value = "100ms",
           value_parser = rungate_common::args::parse_duration)]
     pub voucher_flush: Duration,
 
@@ -136,7 +136,7 @@ impl Default for Config {
             min_deposit: 1_000_000,
             withdraw_delay: Duration::from_secs(900),
             claim_interval: Duration::from_secs(60),
-            voucher_flush: Duration::from_millis(20),
+            voucher_flush: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(10),
         }
     }

@@ -263,8 +263,10 @@ async fn batch(
         finish_reason: completed.finish_reason.clone(),
         ..Default::default()
     };
-    if open.stream {
-        // The headers go out before the usage is known: charged the quote.
+    // A streamed call's headers go out before its usage is known, so it is
+    // charged its quote; so is a call priced per call only (usage cannot
+    // change it). Either way the answer need not wait for billing again.
+    if open.stream || api.prices().price(&model).is_flat() {
         let charge = reserved.increment;
         let preview = channels.preview(&reserved, charge);
         send(updates, Update::Settled(settled(charge, &preview))).await;
@@ -275,7 +277,7 @@ async fn batch(
             }
             End::NotServed(why) => {
                 tracing::info!(request_id = %open.request_id, %why, "voucher-paid call not served; channel released");
-                channels.release(&reserved);
+                channels.release(reserved);
             }
         }
         return Ok(());
@@ -295,7 +297,7 @@ async fn batch(
         }
         End::NotServed(why) => {
             tracing::info!(request_id = %open.request_id, %why, "voucher-paid call not served; channel released");
-            channels.release(&reserved);
+            channels.release(reserved);
         }
     }
     Ok(())

@@ -39,12 +39,8 @@ impl BillingService for BillingGrpc {
         &self,
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<AuthorizeResponse>, Status> {
+        // A batch-settlement admission is released when `decision` drops.
         let decision = self.billing.authorize_call(request.get_ref()).await?;
-        if let (Some(crate::calls::Admission::Batch(call)), Some(channels)) =
-            (&decision.admission, self.billing.channels())
-        {
-            channels.release(&call.reserved);
-        }
         Ok(Response::new(decision.response))
     }
 

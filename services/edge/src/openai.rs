@@ -482,3 +482,7 @@ mod tests {
         assert!(!request.extra.contains_key("unknown_field"));
     }
 }
+
+#[cfg(test)]
+#[path = "openai_fuzz.rs"]
+mod fuzz;

@@ -51,3 +51,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "sse_fuzz.rs"]
+mod fuzz;

@@ -377,9 +377,11 @@ async fn two_calls_at_once_on_one_channel_one_is_served_one_is_busy() {
     let required = required(&stack).await;
     let (payer, _) = open_channel(&stack).await;
     // A slow call holds the channel (the trickling upstream answers word by word).
+    // ~2 s of words, one every 100 ms.
     let slow = BODY
         .replace("fake-echo", "fake-trickle")
-        .replace("pay me", "a b c d e f g h");
+        .replace("pay me", &"word ".repeat(20))
+        .replace("\"max_tokens\":2", "\"max_tokens\":30");
     let holding = payer.pay(&required, 2).expect("pay");
     let first = chat(&stack, Some(&holding), &slow);
     let second = async {
@@ -493,4 +495,153 @@ async fn a_refund_returns_exactly_the_unspent_deposit_and_claims_the_rest() {
     )
     .await;
     assert_eq!(reason, "invalid_batch_settlement_evm_refund_no_balance");
+}
+
+/// A model priced per token: the voucher's increment is the quote (prompt
+/// estimate + max_tokens), the charge is what the call used; the next
+/// voucher follows the charged total, and the claim collects exactly the
+/// sum of the charges.
+#[tokio::test]
+async fn per_token_prices_charge_what_the_call_used() {
+    let cluster = rungate_tests::cluster();
+    let stack = PaidStack::start(
+        &cluster.inference_url,
+        &cluster.database_url,
+        PaidOptions {
+            prices_toml: Some(
+                "[default]\nper_call = \"0\"\nper_prompt_token = \"1\"\nper_completion_token = \"2\"\n"
+                    .into(),
+            ),
+            ..PaidOptions::default()
+        },
+    )
+    .await
+    .expect("paid stack");
+    let required = required(&stack).await;
+    let quote: u128 = batch_offer(&required).expect("offer")["amount"]
+        .as_str()
+        .expect("amount")
+        .parse()
+        .expect("u128");
+    let (payer, first) = open_channel(&stack).await;
+    // What each call costs at these prices, from the usage it reports.
+    let cost = |body: &Value| -> u128 {
+        let usage = &body["usage"];
+        usage["prompt_tokens"].as_u64().expect("usage") as u128
+            + 2 * usage["completion_tokens"].as_u64().expect("usage") as u128
+    };
+    let charged_first: u128 = first["extra"]["chargedAmount"]
+        .as_str()
+        .expect("charged")
+        .parse()
+        .expect("u128");
+    assert!(
+        charged_first < quote,
+        "charged {charged_first} of a {quote} quote"
+    );
+    let mut cumulative = charged_first;
+    assert_eq!(
+        first["extra"]["channelState"]["chargedCumulativeAmount"],
+        cumulative.to_string()
+    );
+
+    let paid = chat(
+        &stack,
+        Some(&payer.pay(&required, cumulative + quote).expect("pay")),
+        BODY,
+    )
+    .await;
+    assert_eq!(paid.status(), 200);
+    let response = payment_response(paid.headers()).expect("payment response");
+    let id = paid.headers()["x-rungate-receipt"]
+        .to_str()
+        .expect("id")
+        .to_owned();
+    let body: Value = paid.json().await.expect("JSON");
+    assert_eq!(response["extra"]["chargedAmount"], cost(&body).to_string());
+    cumulative += cost(&body);
+    assert_eq!(
+        response["extra"]["channelState"]["chargedCumulativeAmount"],
+        cumulative.to_string()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        receipt(&stack, &id).await["amount"],
+        cost(&body).to_string()
+    );
+
+    // A streamed call's headers go before its usage: charged its quote.
+    let stream = BODY.replace("\"max_tokens\":2", "\"max_tokens\":2,\"stream\":true");
+    let paid = chat(
+        &stack,
+        Some(&payer.pay(&required, cumulative + quote).expect("pay")),
+        &stream,
+    )
+    .await;
+    assert_eq!(paid.status(), 200);
+    let response = payment_response(paid.headers()).expect("payment response");
+    assert_eq!(response["extra"]["chargedAmount"], quote.to_string());
+    paid.text().await.expect("body");
+    cumulative += quote;
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pay_to_before = balance(&stack, PAY_TO).await;
+    let collected = collect(&stack).await;
+    assert_eq!(collected.claim_transactions.len(), 1);
+    assert_eq!(
+        balance(&stack, PAY_TO).await - pay_to_before,
+        cumulative,
+        "the sum of the charges"
+    );
+    assert_eq!(
+        escrow(&stack, &payer.channel_id.to_string()).await,
+        (DEPOSIT, cumulative)
+    );
+}
+
+/// After a billing restart the channel is rebuilt from the ledger and the
+/// client goes on with its next voucher; nothing is charged twice.
+#[tokio::test]
+async fn a_billing_restart_keeps_the_channel() {
+    let mut stack = stack().await;
+    let required = required(&stack).await;
+    let before = balance(&stack, PAY_TO).await;
+    let (payer, _) = open_channel(&stack).await;
+    for cumulative in 2..=3u128 {
+        let paid = chat(
+            &stack,
+            Some(&payer.pay(&required, cumulative).expect("pay")),
+            BODY,
+        )
+        .await;
+        assert_eq!(paid.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // the coalesced voucher write
+    stack.restart_billing().await.expect("restart");
+    let paid = chat(&stack, Some(&payer.pay(&required, 4).expect("pay")), BODY).await;
+    assert_eq!(paid.status(), 200, "{:?}", paid.text().await);
+    // A voucher the restarted billing has already seen charged is refused, with its state.
+    let (reason, corrective) =
+        refusal(chat(&stack, Some(&payer.pay(&required, 4).expect("pay")), BODY).await).await;
+    assert_eq!(
+        reason,
+        "invalid_batch_settlement_evm_cumulative_amount_mismatch"
+    );
+    assert_eq!(
+        batch_offer(&corrective).expect("offer")["extra"]["channelState"]["chargedCumulativeAmount"],
+        "4"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // (The restarted billing's claim worker collects what was due when it
+    // started; this collects the rest.)
+    collect(&stack).await;
+    assert_eq!(
+        balance(&stack, PAY_TO).await - before,
+        4,
+        "4 calls, each once"
+    );
+    assert_eq!(
+        escrow(&stack, &payer.channel_id.to_string()).await,
+        (DEPOSIT, 4)
+    );
 }

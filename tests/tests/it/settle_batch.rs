@@ -241,7 +241,10 @@ async fn the_edge_and_billing_write_the_same_usage_record() {
     let payment = rungate_tests::x402::pay(&payer, &required, now(), 300).expect("sign");
     let paid = chat(&stack, Some(&payment)).await;
     assert_eq!(paid.status(), 200);
-    let id = paid.headers()["x-rungate-receipt"].to_str().expect("id").to_owned();
+    let id = paid.headers()["x-rungate-receipt"]
+        .to_str()
+        .expect("id")
+        .to_owned();
     let body: Value = paid.json().await.expect("JSON");
     settled(&stack, std::slice::from_ref(&id)).await;
     // What billing records for the call (the fake upstream serves it as echo-1).
@@ -261,7 +264,9 @@ async fn the_edge_and_billing_write_the_same_usage_record() {
             .into(),
         ..Default::default()
     };
-    let mut ledger = LedgerServiceClient::connect(stack.ledger_url.clone()).await.expect("ledger");
+    let mut ledger = LedgerServiceClient::connect(stack.ledger_url.clone())
+        .await
+        .expect("ledger");
     let ack = ledger
         .write_one(LedgerWrite {
             idempotency_key: format!("usage:{id}"),

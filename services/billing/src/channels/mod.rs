@@ -41,11 +41,15 @@ pub struct Channel {
     /// The latest voucher.
     pub signed_max: u128,
     pub signature: Bytes,
-    /// A call is in flight on the channel.
-    busy: bool,
+    /// One call at a time: the call in flight holds the channel's turn.
+    turn: Arc<tokio::sync::Semaphore>,
 }
 
 impl Channel {
+    pub fn new_turn() -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(1))
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             channel_id: self.id,
@@ -190,6 +194,6 @@ fn from_ledger(id: B256, stored: &ChannelState) -> Result<Channel, BillingError>
         signature: alloy_primitives::hex::decode(&stored.signature)
             .map(Bytes::from)
             .unwrap_or_default(),
-        busy: false,
+        turn: Channel::new_turn(),
     })
 }

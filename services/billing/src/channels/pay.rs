@@ -7,6 +7,9 @@
 //! returns the rest in one transaction.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use alloy_primitives::{Address, B256};
 use rungate_proto::ledger::v1::{
@@ -24,11 +27,19 @@ use crate::x402::batch::payload::{BatchPayload, DepositAuthorization, SignedVouc
 use crate::x402::batch::verify::{self, Terms};
 use crate::x402::exact_evm::EXPIRY_MARGIN_SECS;
 
-/// A call admitted on a channel: the channel is held for it until it is
+/// How long a call waits for the channel's previous call to finish before
+/// it is refused as busy: long enough for the previous call's end to reach
+/// billing after its answer reached the client (a client sends its next
+/// voucher as soon as it has the answer), short enough that two calls at
+/// once on one channel are told so.
+const TURN_WAIT: Duration = Duration::from_millis(250);
+
+/// A call admitted on a channel: it holds the channel's turn until it is
 /// `complete`d or `release`d.
 #[derive(Debug)]
 pub struct Reserved {
     pub channel: Shared,
+    _turn: OwnedSemaphorePermit,
     pub channel_id: B256,
     pub payer: Address,
     pub voucher: SignedVoucher,
@@ -143,21 +154,21 @@ impl Channels {
         let Some(shared) = self.get(&id, chain).await? else {
             return Ok(refused(BatchReason::ChannelNotFound));
         };
+        let Some(turn) = take_turn(&shared).await else {
+            return Ok(refused(BatchReason::ChannelBusy));
+        };
         {
-            let mut channel = lock(&shared);
-            if channel.busy {
-                return Ok(refused(BatchReason::ChannelBusy));
-            }
+            let channel = lock(&shared);
             if Some(voucher.max_claimable) != channel.charged.checked_add(increment) {
                 return Ok(out_of_step(&channel));
             }
             if voucher.max_claimable > channel.spendable() {
                 return Ok(refused(BatchReason::CumulativeExceedsBalance));
             }
-            channel.busy = true;
         }
         Ok(Admitted::Serve(Reserved {
             channel: shared,
+            _turn: turn,
             channel_id: id,
             payer: config.payer,
             voucher,
@@ -190,28 +201,26 @@ impl Channels {
                     onchain,
                     signed_max: onchain.total_claimed,
                     signature: Default::default(),
-                    busy: false,
+                    turn: Channel::new_turn(),
                 })
             }
         };
+        // Held from here: one deposit (or call) per channel at a time.
+        let Some(turn) = take_turn(&shared).await else {
+            return Ok(refused(BatchReason::ChannelBusy));
+        };
         {
-            let mut channel = lock(&shared);
-            if channel.busy {
-                return Ok(refused(BatchReason::ChannelBusy));
-            }
+            let channel = lock(&shared);
             if Some(voucher.max_claimable) != channel.charged.checked_add(increment) {
                 return Ok(out_of_step(&channel));
             }
             if voucher.max_claimable > channel.spendable().saturating_add(deposit.amount) {
                 return Ok(refused(BatchReason::CumulativeExceedsBalance));
             }
-            // Held from here: one deposit (or call) per channel at a time.
-            channel.busy = true;
         }
         let mined = match chain.deposit(&config, &deposit).await {
             Ok(mined) => mined,
             Err(outcome) => {
-                lock(&shared).busy = false;
                 return match outcome {
                     Outcome::Unknown { error } => {
                         // It may still land, in the payer's own channel (where
@@ -243,15 +252,13 @@ impl Channels {
             block_number: mined.block,
         };
         self.writer.gas(chain, &mined, "deposit");
-        if let Err(error) = self.ledger.record_deposit(record).await {
-            // On chain but not in the ledger: the payer's money is in its own
-            // channel (refundable); the call is not served.
-            lock(&shared).busy = false;
-            return Err(error);
-        }
+        // On chain but not in the ledger: the payer's money is in its own
+        // channel (refundable); the call is not served.
+        self.ledger.record_deposit(record).await?;
         lock(&shared).onchain = onchain;
         Ok(Admitted::Serve(Reserved {
             channel: shared,
+            _turn: turn,
             channel_id: id,
             payer: config.payer,
             voucher,
@@ -273,16 +280,15 @@ impl Channels {
         let Some(shared) = self.get(&id, chain).await? else {
             return Ok(refused(BatchReason::ChannelNotFound));
         };
+        let Some(_turn) = take_turn(&shared).await else {
+            return Ok(refused(BatchReason::ChannelBusy));
+        };
         let (charged, latest) = {
-            let mut channel = lock(&shared);
-            if channel.busy {
-                return Ok(refused(BatchReason::ChannelBusy));
-            }
+            let channel = lock(&shared);
             // A refund's voucher charges nothing: it must be the charged total.
             if voucher.max_claimable != channel.charged {
                 return Ok(out_of_step(&channel));
             }
-            channel.busy = true;
             let latest = SignedVoucher {
                 channel_id: id,
                 max_claimable: channel.signed_max,
@@ -294,7 +300,6 @@ impl Channels {
             .refund_held(chain, id, &config, charged, latest, amount)
             .await;
         let mut channel = lock(&shared);
-        channel.busy = false;
         match result {
             Ok(Ok((onchain, mined, refunded))) => {
                 channel.onchain = onchain;
@@ -404,7 +409,6 @@ impl Channels {
             channel.charged = channel.charged.saturating_add(charge);
             channel.signed_max = reserved.voucher.max_claimable;
             channel.signature = reserved.voucher.signature.clone();
-            channel.busy = false;
             channel.snapshot()
         };
         usage.channel_id = reserved.channel_id.to_string();
@@ -429,8 +433,8 @@ impl Channels {
 
     /// The call was not served: the channel is free and nothing changed (the
     /// client may send the same voucher again).
-    pub fn release(&self, reserved: &Reserved) {
-        lock(&reserved.channel).busy = false;
+    pub fn release(&self, reserved: Reserved) {
+        drop(reserved);
     }
 }
 
@@ -446,4 +450,13 @@ pub fn stored_config(id: B256, network: &str, config: &ChannelConfig) -> StoredC
         withdraw_delay: config.withdrawDelay.to::<u64>(),
         salt: config.salt.to_string(),
     }
+}
+
+/// The channel's turn, waiting a little for the call before it to end.
+async fn take_turn(channel: &Shared) -> Option<OwnedSemaphorePermit> {
+    let turn = lock(channel).turn.clone();
+    tokio::time::timeout(TURN_WAIT, turn.acquire_owned())
+        .await
+        .ok()?
+        .ok()
 }

@@ -132,9 +132,8 @@ pub fn verify(
     preimage[2..34].copy_from_slice(expected.domain_separator.as_slice());
     preimage[34..].copy_from_slice(message.eip712_hash_struct().as_slice());
     let digest = alloy_primitives::keccak256(preimage);
-    let signer = signature
-        .recover_address_from_prehash(&digest)
-        .map_err(|_| InvalidReason::Signature)?;
+    let signer = crate::x402::signature::recover_parsed(&digest, &signature)
+        .ok_or(InvalidReason::Signature)?;
     if signer != message.from {
         return Err(InvalidReason::Signature);
     }

@@ -8,6 +8,7 @@ pub mod exact_evm;
 pub mod http;
 pub mod networks;
 pub mod payment;
+pub mod signature;
 
 /// Why a payment was refused, in its scheme's wire strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,3 +116,6 @@ impl InvalidReason {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -330,3 +330,7 @@ mod tests {
         assert!(check(&gguf(0, 16)).is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "gguf_fuzz.rs"]
+mod fuzz;

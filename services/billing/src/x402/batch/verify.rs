@@ -3,7 +3,7 @@
 //! its config, and the voucher (and a deposit's EIP-3009 authorization) is
 //! signed by who must sign it. Pure: microseconds, no chain, no ledger.
 
-use alloy_primitives::{Address, B256, Bytes, Signature, U256, aliases::U40};
+use alloy_primitives::{Address, B256, Bytes, U256, aliases::U40};
 
 use super::eip712::{self, ChannelConfig, Escrow, ReceiveWithAuthorization};
 use super::payload::{DepositAuthorization, SignedVoucher};
@@ -49,12 +49,7 @@ pub fn bind(
 
 /// Who signed `digest`; None for a malformed or malleated (high-s) signature.
 pub fn signer(digest: &B256, signature: &Bytes) -> Option<Address> {
-    let signature = Signature::try_from(signature.as_ref()).ok()?;
-    // The escrow refuses high-s copies; so do we.
-    if signature.normalize_s().is_some() {
-        return None;
-    }
-    signature.recover_address_from_prehash(digest).ok()
+    crate::x402::signature::recover(digest, signature)
 }
 
 /// Signed by the payer's authorizer (or the payer, when it has none). A
