@@ -192,14 +192,12 @@ async fn authorizations_past_valid_before_expire_and_their_pending_transfer_is_v
         .expect("claim")
         .into_inner();
     assert!(claimed.claimed.is_empty(), "too late to settle");
-    let expired = ledger()
+    // Expired by this call, or already by the ledger's own periodic pass.
+    ledger()
         .await
         .expire_authorizations(ExpireAuthorizationsRequest {})
         .await
-        .expect("expire")
-        .into_inner()
-        .expired;
-    assert!(expired >= 1);
+        .expect("expire");
     let receipt = ledger()
         .await
         .get_receipt(GetReceiptRequest {
