@@ -17,6 +17,8 @@ pub struct PaidStack {
     pub edge_url: String,
     pub billing_url: String,
     pub ledger_url: String,
+    /// The stack's own database (the ledger's).
+    pub database_url: String,
     /// The chain itself (tests read it here, whatever the proxy's state).
     pub chain_url: String,
     /// What billing talks to.
@@ -179,6 +181,7 @@ impl PaidStack {
             billing_url,
             billing,
             ledger_url,
+            database_url,
             chain_url: chain.rpc_url.clone(),
             proxy,
             chain,

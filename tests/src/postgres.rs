@@ -16,6 +16,15 @@ pub struct Postgres {
     pub url: String,
     server: Option<Child>,
     dir: Option<PathBuf>,
+    /// How the server was started, to start it again after a crash.
+    launch: Option<Launch>,
+}
+
+struct Launch {
+    bin: PathBuf,
+    port: u16,
+    identity: Option<(u32, u32)>,
+    durable: bool,
 }
 
 /// Where the Postgres binaries are: on PATH, or the newest /usr/lib/postgresql/*/bin.
@@ -77,6 +86,7 @@ impl Postgres {
                 url,
                 server: None,
                 dir: None,
+                launch: None,
             });
         }
         let bin = bin_dir()?;
@@ -98,6 +108,7 @@ impl Postgres {
             url: String::new(),
             server: None,
             dir: Some(dir.clone()),
+            launch: None,
         };
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
@@ -121,20 +132,41 @@ impl Postgres {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let port = free_port()?;
-        let mut server = Command::new(bin.join("postgres"));
+        pg.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        pg.launch = Some(Launch {
+            bin,
+            port,
+            identity,
+            durable,
+        });
+        pg.run_server()?;
+        Ok(pg)
+    }
+
+    /// Starts the server on the cluster's files and waits until it accepts connections.
+    fn run_server(&mut self) -> anyhow::Result<()> {
+        let (Some(launch), Some(dir)) = (self.launch.as_ref(), self.dir.as_ref()) else {
+            bail!("this Postgres was not started here (DATABASE_URL)");
+        };
+        let mut server = Command::new(launch.bin.join("postgres"));
         server
             .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg(dir.join("data"))
+            .args([
+                "-p",
+                &launch.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
             .arg("-k")
-            .arg(&dir)
+            .arg(dir)
             .args([
                 "-c",
                 "max_connections=200",
                 "-c",
                 "log_min_messages=warning",
             ]);
-        if !durable {
+        if !launch.durable {
             server.args([
                 "-c",
                 "fsync=off",
@@ -144,15 +176,41 @@ impl Postgres {
                 "full_page_writes=off",
             ]);
         }
-        server
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.join("server.log"))?));
-        as_identity(&mut server, identity);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))?;
+        server.stdout(Stdio::null()).stderr(Stdio::from(log));
+        as_identity(&mut server, launch.identity);
         die_with_parent(&mut server);
-        pg.server = Some(server.spawn().context("starting postgres")?);
-        pg.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        pg.wait_ready(&bin, port)?;
-        Ok(pg)
+        let (bin, port) = (launch.bin.clone(), launch.port);
+        self.server = Some(server.spawn().context("starting postgres")?);
+        self.wait_ready(&bin, port)
+    }
+
+    /// Stops the server the way a crash would (SIGQUIT: immediate shutdown,
+    /// no checkpoint; the next start runs crash recovery). Keeps its files.
+    pub fn stop_immediately(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &server.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = server.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+
+    /// Starts the server again on the same files and port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop_immediately();
+        self.run_server()
     }
 
     fn wait_ready(&mut self, bin: &Path, port: u16) -> anyhow::Result<()> {

@@ -13,9 +13,10 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use alloy_signer_local::PrivateKeySigner;
+use rungate_common::clock::now;
 use rungate_tests::batch::{BatchPayer, batch_offer};
 use rungate_tests::fake_upstream::FakeUpstream;
 use rungate_tests::paid::{PaidOptions, PaidStack};
@@ -34,7 +35,9 @@ pub struct PaidBenchArgs {
     /// Seconds per throughput run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Which paid side to measure next to free: exact, batch or all.
+    /// Which paid side to measure next to free: exact, batch or all; or
+    /// `settlement`: whether exact settlement keeps up with serving at 1, 8
+    /// and 32 clients (`--seconds` each; 60 in docs/BENCHMARKS.md).
     #[arg(long, default_value = "all")]
     scheme: String,
 }
@@ -53,12 +56,6 @@ pub fn run(args: PaidBenchArgs) -> anyhow::Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     postgres.stop();
     result
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// One measured side: its latencies and rate.
@@ -111,6 +108,17 @@ engine = {{ kind = "upstream", upstreams = [{{ base_url = "{upstream_url}/fast/v
     let free_url = format!("{free_url}/v1/chat/completions");
     let unpaid = post(&client, &paid_url, None).await?;
     let required = rungate_tests::x402::payment_required(unpaid.headers())?;
+    if args.scheme == "settlement" {
+        let bench = crate::bench_settle::Bench {
+            seconds: args.seconds,
+            paid: &paid,
+            client: &client,
+            paid_url: &paid_url,
+            free_url: &free_url,
+            required: &required,
+        };
+        return bench.run().await;
+    }
 
     for _ in 0..20 {
         call(&client, &free_url, None).await?;
@@ -170,7 +178,7 @@ engine = {{ kind = "upstream", upstreams = [{{ base_url = "{upstream_url}/fast/v
 }
 
 /// Where a side's payments come from.
-enum Sources {
+pub(crate) enum Sources {
     Free,
     /// Pre-signed exact payments, each used once.
     Exact(Mutex<VecDeque<String>>),
@@ -215,7 +223,7 @@ async fn side(
             None => break,
         }
     }
-    let (rate, run_failed) = throughput(args, client, url, sources).await;
+    let (rate, run_failed) = throughput(args.concurrency, args.seconds, client, url, sources).await;
     let (p50, p99) = percentiles(&mut ms);
     Side {
         name,
@@ -278,7 +286,11 @@ async fn post(
 }
 
 /// One call, read to the end; its latency in ms.
-async fn call(client: &reqwest::Client, url: &str, payment: Option<&str>) -> anyhow::Result<f64> {
+pub(crate) async fn call(
+    client: &reqwest::Client,
+    url: &str,
+    payment: Option<&str>,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let response = post(client, url, payment).await?;
     let status = response.status();
@@ -292,9 +304,10 @@ async fn call(client: &reqwest::Client, url: &str, payment: Option<&str>) -> any
     Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
-/// Calls/s with `concurrency` clients, and how many calls failed.
-async fn throughput(
-    args: &PaidBenchArgs,
+/// Calls/s with `concurrency` clients for `seconds`, and how many calls failed.
+pub(crate) async fn throughput(
+    concurrency: usize,
+    seconds: u64,
     client: &reqwest::Client,
     url: &str,
     sources: &Sources,
@@ -302,9 +315,9 @@ async fn throughput(
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.seconds);
+    let deadline = started + Duration::from_secs(seconds);
     let next = AtomicUsize::new(0);
-    let workers = (0..args.concurrency).map(|_| {
+    let workers = (0..concurrency).map(|_| {
         let n = next.fetch_add(1, Ordering::Relaxed);
         let (done, failed) = (done.clone(), failed.clone());
         async move {

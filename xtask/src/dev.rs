@@ -59,9 +59,9 @@ impl DevArgs {
     }
 }
 
-struct Service {
-    name: &'static str,
-    child: Child,
+pub(crate) struct Service {
+    pub(crate) name: &'static str,
+    pub(crate) child: Child,
 }
 
 pub fn root() -> PathBuf {
@@ -71,7 +71,7 @@ pub fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn bin_dir(root: &Path) -> PathBuf {
+pub(crate) fn bin_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root.join("target"), PathBuf::from)
         .join("debug")
@@ -93,13 +93,17 @@ pub fn fetch_default_model(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn spawn(bin: &Path, name: &'static str, env: &[(&str, String)]) -> anyhow::Result<Service> {
+pub(crate) fn spawn(
+    bin: &Path,
+    name: &'static str,
+    env: &[(&str, String)],
+) -> anyhow::Result<Service> {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new(bin.join(name));
     command.envs(env.iter().map(|(k, v)| (k, v)));

@@ -4,7 +4,10 @@
 mod bench;
 mod bench_ledger;
 mod bench_paid;
+mod bench_settle;
 mod dev;
+mod faults;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +31,11 @@ enum Task {
     BenchLedger(bench_ledger::LedgerBenchArgs),
     /// Measure what x402 payment adds to a call (latency and calls/s).
     BenchPaid(bench_paid::PaidBenchArgs),
+    /// Paid load while each service is killed, Postgres stopped and the chain
+    /// RPC cut; then every payment is checked.
+    Faults(faults::FaultArgs),
+    /// Paid load for ten minutes: no errors, flat memory and file descriptors.
+    Soak(soak::SoakArgs),
 }
 
 /// A cargo command without the variables `cargo run` set for this process:
@@ -80,5 +88,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(args) => bench::run(args),
         Task::BenchLedger(args) => bench_ledger::run(args),
         Task::BenchPaid(args) => bench_paid::run(args),
+        Task::Faults(args) => faults::run(args),
+        Task::Soak(args) => soak::run(args),
     }
 }

@@ -1,6 +1,7 @@
-//! `cargo xtask test`: unit and integration tests, then the local cluster
-//! started as separate processes exactly as `cargo xtask dev` does, checked and
-//! stopped with the signal Ctrl-C sends. Ends with one summary line.
+//! `cargo xtask test`: unit and integration tests, the Python SDK tests, then
+//! the local cluster started as separate processes exactly as `cargo xtask
+//! dev` does, checked and stopped with the signal Ctrl-C sends, and the short
+//! fault suite. Ends with one summary line.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
@@ -15,6 +16,9 @@ pub struct TestArgs {
     /// Skip the Python SDK tests (tests/python, which start the local cluster).
     #[arg(long)]
     no_python: bool,
+    /// Skip the short fault suite (`cargo xtask faults --quick`).
+    #[arg(long)]
+    no_faults: bool,
 }
 
 /// Runs tests/python with pytest; returns (passed, failed, success).
@@ -98,6 +102,15 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
             Err(error) => {
                 println!("summary: {passed} passed, {} failed", failed + 1);
                 return Err(error.context("the local cluster check failed"));
+            }
+        }
+    }
+    if !args.no_faults {
+        match crate::faults::run(crate::faults::FaultArgs::quick()) {
+            Ok(()) => passed += 1,
+            Err(error) => {
+                println!("summary: {passed} passed, {} failed", failed + 1);
+                return Err(error.context("the fault suite failed"));
             }
         }
     }

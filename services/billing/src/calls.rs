@@ -12,13 +12,13 @@ use serde_json::Value;
 use crate::BillingError;
 use crate::chain::Chain;
 use crate::channels::{Admitted, Channels, Reserved};
-use crate::clock::now;
 use crate::payments::{Authorized, Payments};
 use crate::pricing::PriceTable;
 use crate::x402::batch::offer::{self, Snapshot};
 use crate::x402::networks::Offer;
 use crate::x402::payment::{self, Payload};
 use crate::x402::{Refused, http};
+use rungate_common::clock::now;
 
 pub struct Billing {
     prices: PriceTable,

@@ -13,11 +13,11 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::chain::{Chain, Outcome, SettleAuthorization};
-use crate::clock::now;
 use crate::payments::Payments;
 use crate::x402::InvalidReason;
 use crate::x402::exact_evm::{self, ExactEvmPayload, Expected, Verified};
 use crate::x402::payment::matches_offer;
+use rungate_common::clock::now;
 
 pub fn router(payments: Arc<Payments>) -> Router {
     Router::new()

@@ -13,12 +13,12 @@ mod backpressure;
 mod calls;
 mod chain;
 mod channels;
-mod clock;
 pub mod config;
 pub mod error;
 mod facilitator;
 mod funds;
 mod ledger;
+mod metrics;
 mod paid_call;
 mod payments;
 pub mod pricing;
@@ -83,13 +83,13 @@ pub async fn serve(
     let billing = Arc::new(calls::Billing::new(prices, payments, channels));
     let grpc = service::BillingGrpc { billing, claims };
     let grpc = BillingServiceServer::new(grpc);
-    // The x402 facilitator API (HTTP/1.1 JSON) shares the port with gRPC.
-    let routes = match payments_handle {
-        Some(payments) => {
-            tonic::service::Routes::from(facilitator::router(payments)).add_service(grpc)
-        }
-        None => tonic::service::Routes::new(grpc),
+    // The x402 facilitator API (HTTP/1.1 JSON) and the Prometheus metrics
+    // share the port with gRPC.
+    let http = match payments_handle {
+        Some(payments) => facilitator::router(payments).merge(metrics::router()),
+        None => metrics::router(),
     };
+    let routes = tonic::service::Routes::from(http).add_service(grpc);
     rungate_common::grpc::serve(
         listener,
         routes,

@@ -82,6 +82,7 @@ impl Payments {
                 self.pressure
                     .admit(now, chain.network.max_timeout_seconds, margin)
         {
+            crate::metrics::refused("settlement_backlog");
             return Err(BillingError::Overloaded { retry_after });
         }
         let verified = match &self.remote {
@@ -326,7 +327,13 @@ impl Payments {
             }
         };
         tracing::debug!(%request_id, ?outcome, "settlement finished");
-        self.ledger.finish(update).await
+        self.ledger.finish(update).await?;
+        crate::metrics::settlement(match outcome {
+            Outcome::Settled { .. } => "settled",
+            Outcome::Expired => "expired",
+            _ => "failed",
+        });
+        Ok(())
     }
 }
 

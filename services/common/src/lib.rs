@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod client;
+pub mod clock;
 mod cutoff;
 pub mod grpc;
 pub mod propagation;

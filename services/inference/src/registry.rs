@@ -24,9 +24,7 @@ pub struct Registry {
 impl Registry {
     pub fn from_config(config: &Config) -> Result<Self, InferenceError> {
         let file = config.registry_file()?;
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let created = i64::try_from(rungate_common::clock::now()).unwrap_or(i64::MAX);
         let mut models = BTreeMap::new();
         for entry in file.models {
             let (kind, engine, context_length) = match &entry.engine {

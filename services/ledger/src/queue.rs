@@ -102,7 +102,7 @@ pub async fn backlog(
                 coalesce(min(a.valid_before), 0)::text AS earliest,
                 coalesce(extract(epoch FROM min(a.created_at)), 0)::bigint AS oldest
          FROM settlements s JOIN authorizations a ON a.request_id = s.request_id
-         WHERE (s.status = 'authorized' OR (s.status = 'settling' AND s.lease_until < now()))
+         WHERE s.status IN ('authorized', 'settling')
            AND ($1 = '' OR a.network = $1)
            AND EXISTS (SELECT 1 FROM usage_records u WHERE u.request_id = s.request_id)",
     )

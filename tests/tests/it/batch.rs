@@ -5,9 +5,10 @@
 //! and the book agreeing with the chain. (The official clients pay the same
 //! way in tests/python.)
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use alloy_signer_local::PrivateKeySigner;
+use rungate_common::clock::now;
 use rungate_proto::billing::v1::CollectRequest;
 use rungate_proto::billing::v1::billing_service_client::BillingServiceClient;
 use rungate_tests::batch::{BatchPayer, batch_offer, payment_response};
@@ -18,12 +19,6 @@ use serde_json::{Value, json};
 const BODY: &str =
     r#"{"model":"fake-echo","messages":[{"role":"user","content":"pay me"}],"max_tokens":2}"#;
 const DEPOSIT: u128 = 1_000;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 async fn stack() -> PaidStack {
     let cluster = rungate_tests::cluster();

@@ -3,9 +3,10 @@
 //! by the worker once its lease lapses, and the retry finds out what
 //! happened on chain before it sends anything, so money moves exactly once.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use alloy_signer_local::PrivateKeySigner;
+use rungate_common::clock::now;
 use rungate_tests::chain::{self, SETTLER_KEY};
 use rungate_tests::paid::{PaidOptions, PaidStack};
 use serde_json::{Value, json};
@@ -30,12 +31,6 @@ async fn funded_payer(stack: &PaidStack, amount: u128) -> PrivateKeySigner {
         .await
         .expect("mint");
     payer
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 async fn chat(stack: &PaidStack, payment: Option<&str>) -> reqwest::Response {

@@ -2,8 +2,9 @@
 //! WatchSettlements stream.
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use rungate_common::clock::now;
 use rungate_proto::ledger::v1::ledger_service_client::LedgerServiceClient;
 use rungate_proto::ledger::v1::{
     Authorization, ClaimSettlementsRequest, ExpireAuthorizationsRequest, GetReceiptRequest,
@@ -21,12 +22,6 @@ async fn ledger() -> LedgerServiceClient<Channel> {
 
 fn network() -> String {
     format!("queue:{}", uuid::Uuid::new_v4().simple())
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// An authorization whose call was served (usage recorded): due for settlement.

@@ -5,21 +5,16 @@
 //! served and left to expire unpaid.
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use alloy_signer_local::PrivateKeySigner;
+use rungate_common::clock::now;
 use rungate_tests::chain::{self, PAY_TO};
 use rungate_tests::paid::{PaidOptions, PaidStack};
 use serde_json::{Value, json};
 
 const BODY: &str =
     r#"{"model":"fake-echo","messages":[{"role":"user","content":"pay me"}],"max_tokens":2}"#;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 async fn stack(options: PaidOptions) -> PaidStack {
     let cluster = rungate_tests::cluster();

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::BillingError;
 use crate::chain::{Chain, Outcome};
-use crate::clock::now;
 use crate::payments::Payments;
+use rungate_common::clock::now;
 
 /// Authorizations per Multicall3 transaction.
 const PER_TX: usize = 100;
@@ -25,6 +25,7 @@ const IN_FLIGHT: usize = 4;
 pub const SEND_MARGIN_SECS: u64 = 20;
 
 pub async fn run(payments: Arc<Payments>, stop: CancellationToken) {
+    tokio::spawn(watch_backlog(payments.clone(), stop.clone()));
     let mut ticks = tokio::time::interval(payments.settle_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -45,15 +46,31 @@ pub async fn run(payments: Arc<Payments>, stop: CancellationToken) {
                 break;
             }
         }
-        observe_backlog(&payments).await;
+    }
+}
+
+/// Reads the backlog on its own clock, not between passes: a pass can wait
+/// a receipt timeout on a stalled chain, which is exactly when backpressure
+/// and the metrics must see the backlog grow.
+async fn watch_backlog(payments: Arc<Payments>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(payments.settle_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => observe_backlog(&payments).await,
+        }
     }
 }
 
 async fn observe_backlog(payments: &Payments) {
     match payments.ledger.backlog().await {
-        Ok(backlog) => payments
-            .pressure
-            .observe_backlog(backlog.due, backlog.earliest_valid_before),
+        Ok(backlog) => {
+            payments
+                .pressure
+                .observe_backlog(backlog.due, backlog.earliest_valid_before);
+            crate::metrics::backlog(&backlog, now());
+        }
         Err(error) => tracing::debug!(%error, "backlog unreadable"),
     }
 }
@@ -101,5 +118,6 @@ async fn drain_once(payments: &Payments, chain: &Arc<Chain>) -> Result<bool, Bil
     payments
         .pressure
         .observe_settled(settled, started.elapsed());
+    crate::metrics::rate(payments.pressure.reading().rate);
     Ok(full)
 }

@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -127,9 +126,7 @@ pub async fn completions(
             Gate::Paid(session) => Some(*session),
             Gate::Refused(response) | Gate::Handled(response) => return Ok(response),
         };
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let created = rungate_common::clock::now();
 
     let generate = GenerateRequest {
         request_id: id.clone(),

@@ -1,4 +1,5 @@
-//! The one clock billing reads: unix seconds, for authorization windows.
+//! The one wall clock RunGate reads: unix seconds (authorization windows,
+//! OpenAI `created` fields).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

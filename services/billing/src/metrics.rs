@@ -1,0 +1,92 @@
+//! Billing's Prometheus metrics, served at `GET /metrics` on its port: the
+//! `exact` settlement backlog (served calls not yet settled), how old the
+//! oldest of them is and how long until the earliest runs out, what the
+//! worker settles, and the payments refused because settlement is behind.
+
+use std::sync::OnceLock;
+
+use axum::http::header::CONTENT_TYPE;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rungate_proto::ledger::v1::SettlementBacklogResponse;
+
+pub const BACKLOG: &str = "rungate_settlement_backlog";
+pub const OLDEST_AGE: &str = "rungate_settlement_backlog_oldest_age_seconds";
+pub const EXPIRES_IN: &str = "rungate_settlement_backlog_expires_in_seconds";
+pub const RATE: &str = "rungate_settlement_rate_per_second";
+pub const SETTLEMENTS: &str = "rungate_settlements_total";
+pub const REFUSED: &str = "rungate_payments_refused_total";
+
+/// The process's recorder, installed on first use. Several billings in one
+/// process (the tests) share it; an embedding process's own recorder wins.
+fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(BACKLOG, "Served exact calls not yet settled on chain.");
+    describe_gauge!(
+        OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest served exact call not yet settled."
+    );
+    describe_gauge!(
+        EXPIRES_IN,
+        Unit::Seconds,
+        "Time until the earliest unsettled authorization's validBefore."
+    );
+    describe_gauge!(
+        RATE,
+        "Settlements per second the worker achieves (smoothed)."
+    );
+    describe_counter!(
+        SETTLEMENTS,
+        "exact settlements by outcome (settled, expired, failed)."
+    );
+    describe_counter!(REFUSED, "Payments refused before serving, by reason.");
+}
+
+/// `GET /metrics`: the Prometheus text format.
+pub fn router() -> axum::Router {
+    let handle = handle();
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let text = handle.render();
+            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+        }),
+    )
+}
+
+/// What the worker read of the backlog, at `now` (unix seconds).
+pub fn backlog(backlog: &SettlementBacklogResponse, now: u64) {
+    let since = |at: u64| if at == 0 { 0 } else { now.saturating_sub(at) };
+    let until = |at: u64| if at == 0 { 0 } else { at.saturating_sub(now) };
+    metrics::gauge!(BACKLOG).set(backlog.due as f64);
+    metrics::gauge!(OLDEST_AGE).set(since(backlog.oldest_authorized_at) as f64);
+    metrics::gauge!(EXPIRES_IN).set(until(backlog.earliest_valid_before) as f64);
+}
+
+/// The worker's smoothed settlement rate.
+pub fn rate(per_second: f64) {
+    metrics::gauge!(RATE).set(per_second);
+}
+
+/// A settlement's end: `settled`, `failed` or `expired` (not sent in time).
+pub fn settlement(outcome: &'static str) {
+    metrics::counter!(SETTLEMENTS, "outcome" => outcome).increment(1);
+}
+
+/// A payment refused before serving, by reason.
+pub fn refused(reason: &'static str) {
+    metrics::counter!(REFUSED, "reason" => reason).increment(1);
+}
