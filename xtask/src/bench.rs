@@ -92,7 +92,7 @@ async fn engine_run(registry: &Registry, max_tokens: u32) -> anyhow::Result<Engi
     while let Some(event) = events.next().await {
         match event?.event {
             Some(Event::Started(_)) => {}
-            Some(Event::Delta(_)) => {
+            Some(Event::Delta(_) | Event::ToolCall(_) | Event::Refusal(_)) => {
                 first_delta.get_or_insert_with(Instant::now);
             }
             Some(Event::Finished(finished)) => {

@@ -58,7 +58,11 @@ impl InferenceService for InferenceApi {
         let request = request.into_inner();
         let served = self.registry.get(&request.model)?;
         Ok(Response::new(CountTokensResponse {
-            prompt_tokens: served.engine.count_prompt_tokens(&request.messages)?,
+            prompt_tokens: served.engine.count_prompt_tokens(
+                &request.model,
+                &request.messages,
+                &request.extra_json,
+            )?,
             default_max_tokens: served.model.default_max_tokens,
         }))
     }

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use rungate_proto::inference::v1::{
     ChatMessage, FinishReason, Finished, GenerateEvent, GenerateRequest, Started, TextDelta,
-    generate_event::Event,
+    ToolCallDelta, generate_event::Event,
 };
 use rungate_proto::types::v1::TokenUsage;
 use serde_json::{Map, Value, json};
@@ -79,13 +79,33 @@ impl UpstreamEngine {
     }
 
     /// Upstreams do not expose their tokenizer; ~4 bytes a token is the
-    /// usual estimate, rounded up, plus a few tokens of chat framing per message.
-    pub fn estimate_prompt_tokens(messages: &[ChatMessage]) -> u32 {
+    /// usual estimate, rounded up, plus a few tokens of chat framing per
+    /// message. Tool definitions (in `extra_json`, the request's pass-through
+    /// fields) and the calls in the history are prompt too.
+    pub fn estimate_prompt_tokens(
+        messages: &[ChatMessage],
+        extra_json: &str,
+    ) -> Result<u32, InferenceError> {
+        let tools = if extra_json.is_empty() {
+            0
+        } else {
+            let extra: Value =
+                serde_json::from_str(extra_json).map_err(|_| InferenceError::InvalidArgument {
+                    param: "extra_json",
+                    message: "extra_json must be a JSON object".into(),
+                })?;
+            extra
+                .get("tools")
+                .map_or(0, |tools| tools.to_string().len())
+        };
         let bytes: usize = messages
             .iter()
-            .map(|m| m.content.len() + m.role.len())
-            .sum();
-        (bytes.div_ceil(4) + messages.len() * 4) as u32
+            .map(|m| {
+                m.content.len() + m.role.len() + m.tool_calls_json.as_ref().map_or(0, String::len)
+            })
+            .sum::<usize>()
+            + tools;
+        Ok(u32::try_from(bytes.div_ceil(4) + messages.len() * 4).unwrap_or(u32::MAX))
     }
 }
 
@@ -238,6 +258,29 @@ fn request_body(
     Ok(Value::Object(body))
 }
 
+/// One element of a chunk's `delta.tool_calls`.
+fn tool_call_delta(call: &Value) -> Result<ToolCallDelta, InferenceError> {
+    let index = call
+        .get("index")
+        .and_then(Value::as_u64)
+        .and_then(|i| u32::try_from(i).ok())
+        .ok_or_else(|| {
+            InferenceError::UpstreamProtocol("a tool call fragment without an index".to_owned())
+        })?;
+    let text = |pointer: &str| {
+        call.pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Ok(ToolCallDelta {
+        index,
+        id: text("/id"),
+        name: text("/function/name"),
+        arguments: text("/function/arguments"),
+    })
+}
+
 fn upstream_error_message(body: &str) -> String {
     let parsed: Option<String> = serde_json::from_str::<Value>(body).ok().and_then(|v| {
         v.pointer("/error/message")
@@ -279,7 +322,7 @@ impl ChunkStream {
             && !self
                 .pending
                 .iter()
-                .any(|e| matches!(e.event, Some(Event::Delta(_) | Event::Finished(_))))
+                .any(|e| !matches!(e.event, Some(Event::Started(_)) | None))
         {
             self.read_more().await?;
         }
@@ -351,12 +394,36 @@ impl ChunkStream {
             )));
         }
         if let Some(choice) = chunk.pointer("/choices/0") {
-            if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str)
-                && !text.is_empty()
+            let text = |field: &str| {
+                choice
+                    .pointer(field)
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| TextDelta {
+                        text: t.to_owned(),
+                        ..Default::default()
+                    })
+            };
+            if let Some(mut delta) = text("/delta/content") {
+                if let Some(logprobs) = choice
+                    .pointer("/logprobs/content")
+                    .filter(|entries| entries.as_array().is_some_and(|a| !a.is_empty()))
+                {
+                    delta.logprobs_json = logprobs.to_string();
+                }
+                self.pending.push_back(event(Event::Delta(delta)));
+            }
+            if let Some(refusal) = text("/delta/refusal") {
+                self.pending.push_back(event(Event::Refusal(refusal)));
+            }
+            for call in choice
+                .pointer("/delta/tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
             {
-                self.pending.push_back(event(Event::Delta(TextDelta {
-                    text: text.to_owned(),
-                })));
+                self.pending
+                    .push_back(event(Event::ToolCall(tool_call_delta(call)?)));
             }
             if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                 self.finish_reason = Some(match reason {
@@ -388,5 +455,77 @@ impl ChunkStream {
             usage: Some(usage),
         })));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn absorbed(chunks: &[Value]) -> Vec<Event> {
+        let mut stream = ChunkStream::new(futures::stream::empty().boxed(), Duration::from_secs(1));
+        for chunk in chunks {
+            stream.absorb(&chunk.to_string()).expect("absorb");
+        }
+        stream.pending.into_iter().filter_map(|e| e.event).collect()
+    }
+
+    #[test]
+    fn tool_call_fragments_and_refusals_become_events_in_order() {
+        let delta = |delta: Value| json!({"choices": [{"index": 0, "delta": delta}]});
+        let events = absorbed(&[
+            delta(json!({"role": "assistant", "content": null})),
+            delta(json!({"tool_calls": [
+                {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}},
+                {"index": 1, "id": "call_b", "type": "function", "function": {"name": "g", "arguments": "{"}}]})),
+            delta(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"x\":1}"}}]})),
+            delta(json!({"refusal": "no"})),
+        ]);
+        let call = |index, id: &str, name: &str, arguments: &str| {
+            Event::ToolCall(ToolCallDelta {
+                index,
+                id: id.into(),
+                name: name.into(),
+                arguments: arguments.into(),
+            })
+        };
+        assert_eq!(
+            events,
+            vec![
+                call(0, "call_a", "f", ""),
+                call(1, "call_b", "g", "{"),
+                call(0, "", "", "{\"x\":1}"),
+                Event::Refusal(TextDelta {
+                    text: "no".into(),
+                    ..Default::default()
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tool_call_fragment_without_an_index_is_a_protocol_error() {
+        let mut stream = ChunkStream::new(futures::stream::empty().boxed(), Duration::from_secs(1));
+        let chunk = json!({"choices": [{"delta": {"tool_calls": [{"id": "x"}]}}]});
+        assert!(matches!(
+            stream.absorb(&chunk.to_string()),
+            Err(InferenceError::UpstreamProtocol(_))
+        ));
+    }
+
+    #[test]
+    fn tool_definitions_add_to_the_prompt_estimate() {
+        let messages = [ChatMessage {
+            role: "user".into(),
+            content: "What is the weather?".into(),
+            ..Default::default()
+        }];
+        let tools = r#"[{"type":"function","function":{"name":"get_weather","parameters":{}}}]"#;
+        let estimate = |extra: &str| UpstreamEngine::estimate_prompt_tokens(&messages, extra);
+        let plain = estimate("").expect("no extra");
+        let with_tools =
+            estimate(&format!(r#"{{"tools":{tools},"temperature":1}}"#)).expect("tools");
+        assert_eq!(with_tools - plain, (tools.len() as u32).div_ceil(4));
+        assert!(estimate("[").is_err());
     }
 }

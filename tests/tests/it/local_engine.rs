@@ -88,12 +88,26 @@ async fn greedy_output_is_identical_run_to_run_with_exact_counts() {
         .count_tokens(CountTokensRequest {
             model: "tiny-local".into(),
             messages: request("hello world", greedy(1)).messages,
+            ..Default::default()
         })
         .await
         .expect("count")
         .into_inner();
     assert_eq!(first.prompt_tokens, counted.prompt_tokens);
     assert!(counted.prompt_tokens > 4, "template tokens are counted too");
+    // What the engine cannot honour is refused when counting, before payment.
+    let refused = inference()
+        .await
+        .count_tokens(CountTokensRequest {
+            model: "tiny-local".into(),
+            messages: request("hello world", greedy(1)).messages,
+            extra_json: r#"{"tools":[{"type":"function","function":{"name":"get_weather"}}]}"#
+                .into(),
+        })
+        .await
+        .expect_err("tools are refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("tools"), "{}", refused.message());
 }
 
 #[tokio::test]

@@ -66,7 +66,10 @@ impl InferenceService for SlowTrailers {
                 0 => Event::Started(Started {
                     served_by: "slow-trailers".into(),
                 }),
-                1 => Event::Delta(TextDelta { text: "hi".into() }),
+                1 => Event::Delta(TextDelta {
+                    text: "hi".into(),
+                    ..Default::default()
+                }),
                 2 => Event::Finished(Finished {
                     finish_reason: FinishReason::Stop as i32,
                     usage: Some(TokenUsage {

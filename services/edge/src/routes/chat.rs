@@ -17,9 +17,10 @@ use tonic::Streaming;
 use rungate_common::client::{drain, within};
 
 use crate::ApiError;
+use crate::openai::tools::{ToolCallChunk, ToolCalls};
 use crate::openai::{
-    AssistantMessage, ChatRequest, Chunk, ChunkChoice, Completion, CompletionChoice, Delta, Usage,
-    finish_reason,
+    AssistantMessage, ChatRequest, Chunk, ChunkChoice, Completion, CompletionChoice, Delta,
+    Logprobs, Usage, finish_reason,
 };
 use crate::recorder::{ServedCall, UsageRecorder};
 use crate::routes::paid::{self, Gate, PaidSession};
@@ -128,16 +129,13 @@ pub async fn completions(
         };
     let created = rungate_common::clock::now();
 
+    let extra_json = chat.extra_json();
     let generate = GenerateRequest {
         request_id: id.clone(),
         model: chat.model.clone(),
         messages: chat.messages,
         sampling: Some(chat.sampling),
-        extra_json: if chat.extra.is_empty() {
-            String::new()
-        } else {
-            serde_json::Value::Object(chat.extra).to_string()
-        },
+        extra_json,
         user: chat.user,
     };
     // Errors before the first token (unknown model, refused fields, engine
@@ -220,15 +218,25 @@ async fn complete(
     mut call: Call,
     mut events: Streaming<GenerateEvent>,
 ) -> Result<Response, ApiError> {
-    let mut text = String::new();
+    let (mut text, mut refusal) = (String::new(), String::new());
+    let mut tool_calls = ToolCalls::default();
+    let mut logprobs = None;
     while let Some(event) = events.message().await? {
         match event.event {
-            Some(Event::Delta(delta)) => text.push_str(&delta.text),
+            Some(Event::Delta(delta)) => {
+                text.push_str(&delta.text);
+                Logprobs::extend(&mut logprobs, &delta.logprobs_json);
+            }
+            Some(Event::Refusal(delta)) => refusal.push_str(&delta.text),
+            Some(Event::ToolCall(delta)) => tool_calls.push(delta),
             Some(Event::Started(started)) => call.served_by = started.served_by,
             Some(Event::Finished(finished)) => {
                 // The stream ends right after; read its end rather than reset it.
                 drain(&mut events, call.trailers).await;
                 call.finished(&finished);
+                let tool_calls = std::mem::take(&mut tool_calls).into_calls();
+                // OpenAI's `content` is null when the answer is only calls or a refusal.
+                let only_calls = text.is_empty() && !(tool_calls.is_empty() && refusal.is_empty());
                 let body = Completion {
                     id: &call.id,
                     object: "chat.completion",
@@ -238,9 +246,11 @@ async fn complete(
                         index: 0,
                         message: AssistantMessage {
                             role: "assistant",
-                            content: &text,
+                            content: (!only_calls).then_some(text.as_str()),
+                            refusal: (!refusal.is_empty()).then_some(refusal.as_str()),
+                            tool_calls,
                         },
-                        logprobs: None,
+                        logprobs: logprobs.take(),
                         finish_reason: finish_reason(finished.finish_reason),
                     }],
                     usage: finished.usage.unwrap_or_default().into(),
@@ -312,8 +322,8 @@ struct Frames {
     pending: VecDeque<Bytes>,
     started: bool,
     done: bool,
-    /// Content deltas sent so far (a paid call cut short counts as served
-    /// once content went out).
+    /// Content, refusal and tool-call deltas sent so far (a paid call cut
+    /// short counts as served once something went out).
     deltas: u32,
 }
 
@@ -338,6 +348,15 @@ impl Drop for Frames {
 
 impl Frames {
     fn chunk(&self, delta: Delta<'_>, finish: Option<&'static str>) -> Bytes {
+        self.chunk_with_logprobs(delta, None, finish)
+    }
+
+    fn chunk_with_logprobs(
+        &self,
+        delta: Delta<'_>,
+        logprobs: Option<Logprobs>,
+        finish: Option<&'static str>,
+    ) -> Bytes {
         sse::data_event(&Chunk {
             id: &self.call.id,
             object: "chat.completion.chunk",
@@ -346,7 +365,7 @@ impl Frames {
             choices: vec![ChunkChoice {
                 index: 0,
                 delta,
-                logprobs: None,
+                logprobs,
                 finish_reason: finish,
             }],
             usage: self.include_usage.then_some(None),
@@ -377,6 +396,7 @@ impl Frames {
                 Delta {
                     role: Some("assistant"),
                     content: Some(""),
+                    ..Default::default()
                 },
                 None,
             );
@@ -387,10 +407,39 @@ impl Frames {
             Ok(Some(GenerateEvent {
                 event: Some(Event::Delta(delta)),
             })) => {
+                let mut logprobs = None;
+                Logprobs::extend(&mut logprobs, &delta.logprobs_json);
+                let frame = self.chunk_with_logprobs(
+                    Delta {
+                        content: Some(&delta.text),
+                        ..Default::default()
+                    },
+                    logprobs,
+                    None,
+                );
+                self.pending.push_back(frame);
+                self.deltas += 1;
+            }
+            Ok(Some(GenerateEvent {
+                event: Some(Event::ToolCall(call)),
+            })) => {
                 let frame = self.chunk(
                     Delta {
-                        role: None,
-                        content: Some(&delta.text),
+                        tool_calls: Some([ToolCallChunk::from(&call)]),
+                        ..Default::default()
+                    },
+                    None,
+                );
+                self.pending.push_back(frame);
+                self.deltas += 1;
+            }
+            Ok(Some(GenerateEvent {
+                event: Some(Event::Refusal(refusal)),
+            })) => {
+                let frame = self.chunk(
+                    Delta {
+                        refusal: Some(&refusal.text),
+                        ..Default::default()
                     },
                     None,
                 );

@@ -52,12 +52,17 @@ pub async fn gate(
         Some(chat) => {
             // The quote depends on the prompt's tokens as the model counts
             // them, unless billing told us the model is priced per call only.
-            let counted = if state.is_flat_priced(&chat.model) {
+            // Counting also has the engine refuse what it cannot honour
+            // (tools on the local engine, say) before payment is asked.
+            let engine_checks =
+                !chat.extra.is_empty() || chat.messages.iter().any(|m| m.tool_calls_json.is_some());
+            let counted = if state.is_flat_priced(&chat.model) && !engine_checks {
                 CountTokensResponse::default()
             } else {
                 let count = CountTokensRequest {
                     model: chat.model.clone(),
                     messages: chat.messages.clone(),
+                    extra_json: chat.extra_json(),
                 };
                 within(
                     deadline,

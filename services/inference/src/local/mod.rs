@@ -15,7 +15,7 @@ use futures::StreamExt;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
-use rungate_proto::inference::v1::GenerateRequest;
+use rungate_proto::inference::v1::{ChatMessage, GenerateRequest};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -150,12 +150,17 @@ impl LocalEngine {
         self.inner.metrics.clone()
     }
 
-    /// Exact prompt tokens: the chat template applied, then the model's tokenizer.
+    /// Exact prompt tokens: the chat template applied, then the model's
+    /// tokenizer. Refuses what `generate` would refuse, before payment.
     pub fn count_prompt_tokens(
         &self,
-        messages: &[rungate_proto::inference::v1::ChatMessage],
+        model: &str,
+        messages: &[ChatMessage],
+        extra_json: &str,
     ) -> Result<u32, InferenceError> {
-        Ok(self.inner.prompt_tokens(messages)?.len() as u32)
+        refuse_unsupported(model, messages, extra_json)?;
+        let tokens = self.inner.prompt_tokens(messages)?.len();
+        Ok(u32::try_from(tokens).unwrap_or(u32::MAX))
     }
 
     pub async fn generate(
@@ -163,7 +168,7 @@ impl LocalEngine {
         request: GenerateRequest,
         default_max_tokens: u32,
     ) -> Result<EventStream, InferenceError> {
-        refuse_unsupported(&request)?;
+        refuse_unsupported(&request.model, &request.messages, &request.extra_json)?;
         // Admission: a bounded queue in front of the slots.
         if self.waiting.fetch_add(1, Ordering::AcqRel)
             >= self.max_queue + self.slots.available_permits()
@@ -200,10 +205,14 @@ impl LocalEngine {
     }
 }
 
-fn refuse_unsupported(request: &GenerateRequest) -> Result<(), InferenceError> {
-    if !request.extra_json.is_empty() {
-        let extra: serde_json::Map<String, Value> = serde_json::from_str(&request.extra_json)
-            .map_err(|_| InferenceError::InvalidArgument {
+fn refuse_unsupported(
+    model: &str,
+    messages: &[ChatMessage],
+    extra_json: &str,
+) -> Result<(), InferenceError> {
+    if !extra_json.is_empty() {
+        let extra: serde_json::Map<String, Value> =
+            serde_json::from_str(extra_json).map_err(|_| InferenceError::InvalidArgument {
                 param: "extra_json",
                 message: "extra_json must be a JSON object".into(),
             })?;
@@ -218,18 +227,13 @@ fn refuse_unsupported(request: &GenerateRequest) -> Result<(), InferenceError> {
                 return Err(InferenceError::InvalidArgument {
                     param,
                     message: format!(
-                        "`{param}` is not supported by the local engine serving `{}`",
-                        request.model
+                        "`{param}` is not supported by the local engine serving `{model}`"
                     ),
                 });
             }
         }
     }
-    if let Some(index) = request
-        .messages
-        .iter()
-        .position(|m| m.tool_calls_json.is_some())
-    {
+    if let Some(index) = messages.iter().position(|m| m.tool_calls_json.is_some()) {
         return Err(InferenceError::InvalidArgument {
             param: "messages",
             message: format!(

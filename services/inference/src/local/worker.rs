@@ -169,7 +169,10 @@ fn run(
         };
         if !emit.is_empty()
             && events
-                .blocking_send(event(Event::Delta(TextDelta { text: emit })))
+                .blocking_send(event(Event::Delta(TextDelta {
+                    text: emit,
+                    ..Default::default()
+                })))
                 .is_err()
         {
             return cancelled(inner, generated);
@@ -202,7 +205,10 @@ fn run(
             }
         };
         if !rest.is_empty() {
-            let _ = events.blocking_send(event(Event::Delta(TextDelta { text: rest })));
+            let _ = events.blocking_send(event(Event::Delta(TextDelta {
+                text: rest,
+                ..Default::default()
+            })));
         }
     }
     let _ = events.blocking_send(event(Event::Finished(Finished {

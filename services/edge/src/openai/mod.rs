@@ -7,6 +7,8 @@ use serde_json::{Map, Value};
 
 use crate::ApiError;
 
+pub mod tools;
+
 /// Request fields passed through to engines that can honour them (the local
 /// engine refuses them; upstreams receive them as sent).
 const PASS_THROUGH: &[&str] = &[
@@ -100,6 +102,14 @@ fn boolean(body: &Map<String, Value>, param: &str) -> Result<Option<bool>, ApiEr
 }
 
 impl ChatRequest {
+    /// The pass-through fields as engines receive them (empty when none).
+    pub fn extra_json(&self) -> String {
+        if self.extra.is_empty() {
+            return String::new();
+        }
+        serde_json::to_string(&self.extra).unwrap_or_default()
+    }
+
     pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
         let body: Map<String, Value> = match serde_json::from_slice(bytes) {
             Ok(Value::Object(map)) => map,
@@ -189,6 +199,7 @@ impl ChatRequest {
             seed,
             stop: stop(body.get("stop"))?,
         };
+        tools::validate(&body)?;
         let user = string(&body, "user")?;
         let metadata = match body.get("metadata") {
             None | Some(Value::Null) => None,
@@ -362,14 +373,18 @@ pub struct Completion<'a> {
 pub struct CompletionChoice<'a> {
     pub index: u32,
     pub message: AssistantMessage<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<Logprobs>,
     pub finish_reason: &'static str,
 }
 
 #[derive(Serialize)]
 pub struct AssistantMessage<'a> {
     pub role: &'static str,
-    pub content: &'a str,
+    /// `null` when the model answered with tool calls or a refusal only.
+    pub content: Option<&'a str>,
+    pub refusal: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<tools::ToolCall>,
 }
 
 #[derive(Serialize)]
@@ -388,8 +403,34 @@ pub struct Chunk<'a> {
 pub struct ChunkChoice<'a> {
     pub index: u32,
     pub delta: Delta<'a>,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<Logprobs>,
     pub finish_reason: Option<&'static str>,
+}
+
+/// A choice's `logprobs`: the engine's entries, passed through as it sent
+/// them (only upstreams give them; the local engine refuses `logprobs`).
+#[derive(Serialize)]
+pub struct Logprobs {
+    pub content: Vec<Value>,
+    pub refusal: Option<()>,
+}
+
+impl Logprobs {
+    /// Appends a delta's entries (`logprobs_json`, empty when it has none).
+    pub fn extend(found: &mut Option<Self>, logprobs_json: &str) {
+        if logprobs_json.is_empty() {
+            return;
+        }
+        if let Ok(entries) = serde_json::from_str::<Vec<Value>>(logprobs_json) {
+            found
+                .get_or_insert_with(|| Logprobs {
+                    content: Vec::new(),
+                    refusal: None,
+                })
+                .content
+                .extend(entries);
+        }
+    }
 }
 
 #[derive(Serialize, Default)]
@@ -398,6 +439,10 @@ pub struct Delta<'a> {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<[tools::ToolCallChunk<'a>; 1]>,
 }
 
 pub fn finish_reason(reason: i32) -> &'static str {
@@ -484,5 +529,4 @@ mod tests {
 }
 
 #[cfg(test)]
-#[path = "openai_fuzz.rs"]
 mod fuzz;
