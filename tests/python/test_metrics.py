@@ -60,3 +60,39 @@ def test_the_settlement_backlog_and_its_age_show_while_the_chain_stalls_and_drai
                        lambda s: s.get(BACKLOG, 1) == 0 and s.get(SETTLED, 0) >= settled_before + 3,
                        timeout=90)
     assert drained[OLDEST_AGE] == 0
+
+
+def labelled(series, name, **labels):
+    """The values of `name`'s series that carry (at least) `labels`."""
+    found = []
+    for key, value in series.items():
+        key_name, _, rest = key.partition("{")
+        pairs = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if pair)
+        if key_name == name and all(pairs.get(k) == f'"{v}"' for k, v in labels.items()):
+            found.append(value)
+    return found
+
+
+def test_the_edge_exports_request_and_gen_ai_metrics_per_route_status_and_model(cluster, client):
+    streamed = client.chat.completions.create(
+        model=MODEL, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Say hello."}])
+    usage = [chunk.usage for chunk in streamed if chunk.usage][0]
+    content_type, text, series = scrape(cluster.edge_url)
+    assert content_type.startswith("text/plain")
+    # Per route and status: the 402 that asked for payment and the paid 200.
+    for status in ("402", "200"):
+        count = labelled(series, "http_server_request_duration_count", http_route="/v1/chat/completions",
+                         http_request_method="POST", http_response_status_code=status)
+        assert count and count[0] >= 1, text
+    # The GenAI metrics of the call, per model (histograms, so they sum across replicas).
+    def value(name, **more):
+        [found] = labelled(series, name, gen_ai_operation_name="chat", gen_ai_request_model=MODEL, **more)
+        return found
+    assert value("gen_ai_server_request_duration_count") >= 1
+    assert value("gen_ai_server_time_to_first_token_count") >= 1
+    assert value("gen_ai_server_time_per_output_token_count") >= 1
+    assert 0 < value("gen_ai_server_time_to_first_token_sum") <= value("gen_ai_server_request_duration_sum")
+    assert value("gen_ai_client_token_usage_sum", gen_ai_token_type="input") >= usage.prompt_tokens
+    assert value("gen_ai_client_token_usage_sum", gen_ai_token_type="output") >= usage.completion_tokens
+    assert value("gen_ai_server_request_duration_bucket", le="+Inf") >= 1

@@ -1,94 +1,32 @@
-//! Project tasks: `cargo xtask dev` starts the local cluster, `cargo xtask test` runs every test.
-#![allow(clippy::print_stdout)] // printing is what a task runner is for
+//! `cargo xtask TASK`: installs what the task needs on this machine, then runs
+//! it (the tasks live in rungate-tasks, which needs llama.cpp to build).
 
-mod bench;
-mod bench_ledger;
-mod bench_paid;
-mod bench_settle;
-mod dev;
-mod faults;
-mod soak;
-mod test;
+use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(about = "RunGate project tasks")]
-struct Cli {
-    #[command(subcommand)]
-    task: Task,
-}
-
-#[derive(Subcommand)]
-enum Task {
-    /// Build and start the whole cluster locally (Postgres + four services) until Ctrl-C.
-    Dev(dev::DevArgs),
-    /// Run the test suite (what CI runs).
-    Test(test::TestArgs),
-    /// Measure the local engine against llama.cpp's llama-bench, and TTFT through the edge.
-    Bench(bench::BenchArgs),
-    /// Measure ledger write throughput and ack latency at several batch sizes.
-    BenchLedger(bench_ledger::LedgerBenchArgs),
-    /// Measure what x402 payment adds to a call (latency and calls/s).
-    BenchPaid(bench_paid::PaidBenchArgs),
-    /// Paid load while each service is killed, Postgres stopped and the chain
-    /// RPC cut; then every payment is checked.
-    Faults(faults::FaultArgs),
-    /// Paid load for ten minutes: no errors, flat memory and file descriptors.
-    Soak(soak::SoakArgs),
-}
-
-/// A cargo command without the variables `cargo run` set for this process:
-/// build scripts (ring's among them) watch some of them, and would otherwise
-/// rebuild half the tree each time an xtask calls cargo.
-pub fn cargo() -> std::process::Command {
-    let mut command =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        let set_by_cargo_run = [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_BIN_",
-            "CARGO_CRATE_",
-        ]
-        .iter()
-        .any(|prefix| key.starts_with(prefix))
-            || matches!(key, "CARGO_PRIMARY_PACKAGE" | "CARGO_RUSTC_CURRENT_DIR");
-        if set_by_cargo_run {
-            command.env_remove(key);
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let root = xtask::repo_root();
+    let needs = xtask::setup::Needs::of(args.first().and_then(|task| task.to_str()));
+    let python = match xtask::setup::ensure(&root, needs) {
+        Ok(python) => python,
+        Err(error) => {
+            eprintln!("cargo xtask: {error:#}");
+            return ExitCode::FAILURE;
         }
+    };
+    xtask::setup::announce_first_build();
+    let mut tasks = xtask::cargo();
+    tasks
+        .args(["run", "--quiet", "--package", "rungate-tasks", "--"])
+        .args(&args);
+    // Every Python the tasks start (pytest, fixture generators, the model
+    // fetch) is the project's environment.
+    if let Some(python) = python {
+        tasks.env("PYTHON", python);
     }
-    command
-}
-
-/// Benchmarks measure optimised code: a debug xtask re-runs itself built
-/// with `--release` (same arguments) and exits with its status.
-fn in_release() -> anyhow::Result<()> {
-    let status = cargo()
-        .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
-        .args(std::env::args_os().skip(1))
-        .status()?;
-    std::process::exit(status.code().unwrap_or(1));
-}
-
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    if cfg!(debug_assertions)
-        && matches!(
-            cli.task,
-            Task::Bench(_) | Task::BenchLedger(_) | Task::BenchPaid(_)
-        )
-    {
-        return in_release();
-    }
-    match cli.task {
-        Task::Dev(args) => dev::run(args),
-        Task::Test(args) => test::run(args),
-        Task::Bench(args) => bench::run(args),
-        Task::BenchLedger(args) => bench_ledger::run(args),
-        Task::BenchPaid(args) => bench_paid::run(args),
-        Task::Faults(args) => faults::run(args),
-        Task::Soak(args) => soak::run(args),
-    }
+    // Become the task (cargo run execs it in turn), so that signals sent to
+    // `cargo xtask`, Ctrl-C among them, reach the task itself.
+    let error = std::os::unix::process::CommandExt::exec(&mut tasks);
+    eprintln!("cargo xtask: running cargo: {error}");
+    ExitCode::FAILURE
 }

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use axum::http::header::CONTENT_TYPE;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use rungate_proto::ledger::v1::SettlementBacklogResponse;
 
 pub const BACKLOG: &str = "rungate_settlement_backlog";
@@ -16,19 +16,13 @@ pub const RATE: &str = "rungate_settlement_rate_per_second";
 pub const SETTLEMENTS: &str = "rungate_settlements_total";
 pub const REFUSED: &str = "rungate_payments_refused_total";
 
-/// The process's recorder, installed on first use. Several billings in one
-/// process (the tests) share it; an embedding process's own recorder wins.
+/// The process's recorder (shared through rungate-common), with billing's
+/// metrics described once.
 fn handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            describe();
-            handle
-        })
-        .clone()
+    static DESCRIBED: OnceLock<()> = OnceLock::new();
+    let handle = rungate_common::metrics::handle();
+    DESCRIBED.get_or_init(describe);
+    handle
 }
 
 fn describe() {
@@ -62,7 +56,12 @@ pub fn router() -> axum::Router {
         "/metrics",
         axum::routing::get(move || {
             let text = handle.render();
-            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+            async move {
+                (
+                    [(CONTENT_TYPE, rungate_common::metrics::CONTENT_TYPE)],
+                    text,
+                )
+            }
         }),
     )
 }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod error;
+mod metrics;
 mod openai;
 mod payment;
 mod recorder;

@@ -17,6 +17,7 @@ use tonic::Streaming;
 use rungate_common::client::{drain, within};
 
 use crate::ApiError;
+use crate::metrics::Timing;
 use crate::openai::tools::{ToolCallChunk, ToolCalls};
 use crate::openai::{
     AssistantMessage, ChatRequest, Chunk, ChunkChoice, Completion, CompletionChoice, Delta,
@@ -107,6 +108,7 @@ pub async fn completions(
     request: Request,
     body_limits: BodyLimits,
 ) -> Result<Response, ApiError> {
+    let timing = Timing::new(std::time::Instant::now());
     let (parts, body) = request.into_parts();
     let bytes = read_body(&parts.headers, body, body_limits).await?;
     let chat = ChatRequest::parse(&bytes)?;
@@ -173,6 +175,7 @@ pub async fn completions(
         // Paid calls' usage is recorded by billing, with their charge.
         usage: paid.is_none().then(|| state.usage.clone()),
         paid,
+        timing,
     };
     if chat.stream {
         let mut response = streamed(call, events, chat.include_usage);
@@ -196,10 +199,13 @@ struct Call {
     /// Free mode: the recorder that writes this call's usage.
     usage: Option<UsageRecorder>,
     paid: Option<PaidSession>,
+    timing: Timing,
 }
 
 impl Call {
     fn finished(&self, finished: &Finished) {
+        self.timing
+            .finished(&self.model, finished.usage.unwrap_or_default());
         let Some(recorder) = &self.usage else {
             return;
         };
@@ -224,11 +230,18 @@ async fn complete(
     while let Some(event) = events.message().await? {
         match event.event {
             Some(Event::Delta(delta)) => {
+                call.timing.token();
                 text.push_str(&delta.text);
                 Logprobs::extend(&mut logprobs, &delta.logprobs_json);
             }
-            Some(Event::Refusal(delta)) => refusal.push_str(&delta.text),
-            Some(Event::ToolCall(delta)) => tool_calls.push(delta),
+            Some(Event::Refusal(delta)) => {
+                call.timing.token();
+                refusal.push_str(&delta.text);
+            }
+            Some(Event::ToolCall(delta)) => {
+                call.timing.token();
+                tool_calls.push(delta);
+            }
             Some(Event::Started(started)) => call.served_by = started.served_by,
             Some(Event::Finished(finished)) => {
                 // The stream ends right after; read its end rather than reset it.
@@ -407,6 +420,7 @@ impl Frames {
             Ok(Some(GenerateEvent {
                 event: Some(Event::Delta(delta)),
             })) => {
+                self.call.timing.token();
                 let mut logprobs = None;
                 Logprobs::extend(&mut logprobs, &delta.logprobs_json);
                 let frame = self.chunk_with_logprobs(
@@ -423,6 +437,7 @@ impl Frames {
             Ok(Some(GenerateEvent {
                 event: Some(Event::ToolCall(call)),
             })) => {
+                self.call.timing.token();
                 let frame = self.chunk(
                     Delta {
                         tool_calls: Some([ToolCallChunk::from(&call)]),
@@ -436,6 +451,7 @@ impl Frames {
             Ok(Some(GenerateEvent {
                 event: Some(Event::Refusal(refusal)),
             })) => {
+                self.call.timing.token();
                 let frame = self.chunk(
                     Delta {
                         refusal: Some(&refusal.text),

@@ -34,7 +34,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
             crate::shed::shed,
         ));
     api.route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", crate::metrics::route())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(cors())
         .layer(TraceLayer::new_for_http().make_span_with(http_span))
         .with_state(state)

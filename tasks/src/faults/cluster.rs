@@ -122,7 +122,7 @@ pub(crate) fn with_runtime<F: std::future::Future<Output = anyhow::Result<()>>>(
 }
 /// Postgres, anvil behind a proxy, the fake engine, and the four services.
 pub(crate) async fn boot(root: &Path) -> anyhow::Result<Cluster> {
-    let bin = bin_dir(root);
+    let bin = bin_dir();
     let postgres = Postgres::start(true)?;
     let chain_port = free_port()?;
     let dev_chain = chain::start(root, chain_port).await?;

