@@ -120,7 +120,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let config = rungate_inference::Config {
         models_file: None,
         models_toml: Some(format!(
-            "[[models]]\nid = \"bench\"\nengine = {{ kind = \"local\", path = \"{}\", threads = {}, context_length = 2048 }}",
+            // `bench` evaluates every prompt in full (what the rows against
+            // llama.cpp compare); `bench-agent` reuses prompt prefixes.
+            "[[models]]\nid = \"bench\"\nengine = {{ kind = \"local\", path = \"{0}\", threads = {1}, context_length = 2048, reuse_prompt_prefix = false }}\n\
+             [[models]]\nid = \"bench-agent\"\nengine = {{ kind = \"local\", path = \"{0}\", threads = {1}, context_length = 2048 }}",
             model.display(),
             args.threads
         )),
@@ -148,6 +151,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (engine_pp, engine_tg, engine_ttft) = (median(pp), median(tg), median(ttft));
     let llama = Some((median(raw_pp), median(raw_tg)));
     let edge_ttft = runtime.block_on(edge_ttft(registry.clone(), args.runs))?;
+    let agent = runtime.block_on(agent_ttft(&registry, args.runs))?;
 
     println!(
         "\n## Local engine, SmolLM2-135M-Instruct Q4_1, {} threads\n",
@@ -176,7 +180,91 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("|---|---|");
     println!("| engine in-process | {engine_ttft:.1} |");
     println!("| through the edge (HTTP → gRPC → engine, streamed) | {edge_ttft:.1} |");
+    println!(
+        "\n| agent calls: {}-token prompts, the same system prompt and a new user turn each (median of {}) | TTFT ms |",
+        agent.system_tokens, args.runs
+    );
+    println!("|---|---|");
+    println!("| prefix reuse (default) | {:.1} |", agent.reused_ms);
+    println!("| every prompt evaluated in full | {:.1} |", agent.full_ms);
+    println!(
+        "| ratio | {:.1}x faster |",
+        agent.full_ms / agent.reused_ms.max(f64::MIN_POSITIVE)
+    );
     Ok(())
+}
+
+struct AgentRun {
+    system_tokens: u32,
+    reused_ms: f64,
+    full_ms: f64,
+}
+
+/// What an agent sends: the same long system prompt (rules, tools) and a
+/// new question each call; TTFT with and without prefix reuse, alternating.
+async fn agent_ttft(registry: &Registry, runs: usize) -> anyhow::Result<AgentRun> {
+    use futures::StreamExt;
+    let system = ChatMessage {
+        role: "system".into(),
+        content: "You are an agent that books travel. Rules: confirm dates, prefer trains under 600 km, never invent prices, cite the tool you used. Tools: search_trains(from, to, date), search_flights(from, to, date), book(offer_id). "
+            .repeat(24),
+        ..Default::default()
+    };
+    let ttft = |model: &'static str, turn: usize| {
+        let system = system.clone();
+        async move {
+            let engine = registry.local(model).context("bench model")?;
+            let messages = vec![
+                system,
+                ChatMessage {
+                    role: "user".into(),
+                    content: format!(
+                        "Question {turn}: how do I get from city {turn} to city {}?",
+                        turn + 1
+                    ),
+                    ..Default::default()
+                },
+            ];
+            let start = Instant::now();
+            let mut events = engine
+                .generate(
+                    GenerateRequest {
+                        model: model.into(),
+                        ..request(messages, 4)
+                    },
+                    4,
+                )
+                .await?;
+            let mut prompt_tokens = 0;
+            let mut first = None;
+            while let Some(event) = events.next().await {
+                match event?.event {
+                    Some(Event::Delta(_)) => {
+                        first.get_or_insert_with(|| start.elapsed());
+                    }
+                    Some(Event::Finished(finished)) => {
+                        prompt_tokens = finished.usage.unwrap_or_default().prompt_tokens;
+                    }
+                    _ => {}
+                }
+            }
+            anyhow::Ok((first.unwrap_or_else(|| start.elapsed()), prompt_tokens))
+        }
+    };
+    ttft("bench-agent", 0).await?; // fills the cache with the system prompt
+    let (mut reused, mut full, mut tokens) = (Vec::new(), Vec::new(), 0);
+    for turn in 1..=runs {
+        let (t, _) = ttft("bench-agent", turn).await?;
+        reused.push(t.as_secs_f64() * 1000.0);
+        let (t, n) = ttft("bench", turn).await?;
+        full.push(t.as_secs_f64() * 1000.0);
+        tokens = n;
+    }
+    Ok(AgentRun {
+        system_tokens: tokens,
+        reused_ms: median(reused),
+        full_ms: median(full),
+    })
 }
 
 /// TTFT of a streamed chat completion through an in-process edge and

@@ -5,8 +5,13 @@ pub mod setup;
 
 use std::path::{Path, PathBuf};
 
+/// The checkout `cargo run` started us from (it sets CARGO_MANIFEST_DIR at
+/// run time too): a build cache shared by several checkouts may hand us a
+/// binary built in another one.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()

@@ -73,6 +73,14 @@ pub struct LocalEntry {
     /// Layers offloaded to the GPU (builds with the `cuda` feature).
     #[serde(default)]
     pub gpu_layers: u32,
+    /// Keep each slot's KV cache between calls and evaluate only what a
+    /// prompt adds to the longest prefix it shares with it.
+    #[serde(default = "default_reuse")]
+    pub reuse_prompt_prefix: bool,
+}
+
+fn default_reuse() -> bool {
+    true
 }
 
 fn default_concurrent() -> usize {

@@ -298,6 +298,7 @@ struct ChunkStream {
     idle_timeout: Duration,
     finish_reason: Option<FinishReason>,
     usage: Option<TokenUsage>,
+    cached_prompt_tokens: u32,
     done: bool,
 }
 
@@ -313,6 +314,7 @@ impl ChunkStream {
             idle_timeout,
             finish_reason: None,
             usage: None,
+            cached_prompt_tokens: 0,
             done: false,
         }
     }
@@ -440,6 +442,10 @@ impl ChunkStream {
                 prompt_tokens: count("prompt_tokens"),
                 completion_tokens: count("completion_tokens"),
             });
+            self.cached_prompt_tokens = usage
+                .pointer("/prompt_tokens_details/cached_tokens")
+                .and_then(Value::as_u64)
+                .map_or(0, |n| n as u32);
         }
         Ok(())
     }
@@ -453,6 +459,7 @@ impl ChunkStream {
         self.pending.push_back(event(Event::Finished(Finished {
             finish_reason: finish_reason as i32,
             usage: Some(usage),
+            cached_prompt_tokens: self.cached_prompt_tokens,
         })));
         Ok(())
     }

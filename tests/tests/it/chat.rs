@@ -40,7 +40,7 @@ async fn non_streaming_completion_has_the_openai_shape_and_exact_usage() {
     // The fake upstream counts words: 2 (system) + 6 (user) prompt, 8 answer words.
     assert_eq!(
         body["usage"],
-        json!({"prompt_tokens": 8, "completion_tokens": 8, "total_tokens": 16})
+        json!({"prompt_tokens": 8, "completion_tokens": 8, "total_tokens": 16, "prompt_tokens_details": {"cached_tokens": 0}})
     );
 }
 
@@ -78,7 +78,7 @@ async fn streaming_completion_sends_the_exact_chunk_sequence() {
     assert_eq!(usage["choices"], json!([]));
     assert_eq!(
         usage["usage"],
-        json!({"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10})
+        json!({"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10, "prompt_tokens_details": {"cached_tokens": 0}})
     );
     let text: String = chunks[1..n - 2]
         .iter()

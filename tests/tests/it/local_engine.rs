@@ -300,3 +300,94 @@ fn load(path: &std::path::Path) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+/// Greedy text and token counts from an engine called directly.
+async fn generate_on(
+    engine: &rungate_inference::local::LocalEngine,
+    request: GenerateRequest,
+) -> (String, u32, u32) {
+    use futures::StreamExt;
+    let mut events = engine.generate(request, 16).await.expect("generate");
+    let mut text = String::new();
+    while let Some(event) = events.next().await {
+        match event.expect("event").event {
+            Some(Event::Delta(delta)) => text.push_str(&delta.text),
+            Some(Event::Finished(finished)) => {
+                let usage = finished.usage.expect("usage");
+                return (text, usage.prompt_tokens, usage.completion_tokens);
+            }
+            _ => {}
+        }
+    }
+    panic!("stream ended without Finished");
+}
+
+#[tokio::test]
+async fn reusing_the_prompt_prefix_gives_the_same_greedy_output_as_evaluating_it_all() {
+    let path = rungate_tests::fixtures::tiny_gguf().expect("tiny model");
+    let model = |id: &str, reuse: bool| {
+        format!(
+            "[[models]]\nid = \"{id}\"\nengine = {{ kind = \"local\", path = \"{}\", threads = 1, reuse_prompt_prefix = {reuse} }}\n",
+            path.display()
+        )
+    };
+    let config = rungate_inference::Config {
+        models_file: None,
+        models_toml: Some(model("reuse", true) + &model("fresh", false)),
+        drain_timeout: Duration::from_secs(1),
+    };
+    let registry = tokio::task::spawn_blocking(move || {
+        rungate_inference::registry::Registry::from_config(&config)
+    })
+    .await
+    .expect("join")
+    .expect("registry");
+    let (reuse, fresh) = (
+        registry.local("reuse").expect("local"),
+        registry.local("fresh").expect("local"),
+    );
+    let message = |role: &str, content: &str| ChatMessage {
+        role: role.into(),
+        content: content.into(),
+        ..Default::default()
+    };
+    let system = message("system", &"You are a careful agent with tools. ".repeat(6));
+    // An agent's calls: a growing conversation, a new one on the same
+    // system prompt, and the first call again.
+    let mut conversation = vec![system.clone(), message("user", "first question")];
+    let mut calls = Vec::new();
+    for turn in ["second question", "third question"] {
+        calls.push(conversation.clone());
+        let asked = GenerateRequest {
+            messages: conversation.clone(),
+            ..request("", greedy(12))
+        };
+        let (answer, _, _) = generate_on(fresh, asked).await;
+        conversation.push(message("assistant", &answer));
+        conversation.push(message("user", turn));
+    }
+    calls.push(conversation);
+    calls.push(vec![system, message("user", "another conversation")]);
+    calls.push(calls[0].clone());
+
+    let reused_before = reuse.metrics().prompt_tokens_reused.load(Ordering::Relaxed);
+    for messages in calls {
+        let asked = |model: &str| GenerateRequest {
+            model: model.into(),
+            messages: messages.clone(),
+            ..request("", greedy(12))
+        };
+        let with_reuse = generate_on(reuse, asked("reuse")).await;
+        let without = generate_on(fresh, asked("fresh")).await;
+        assert_eq!(with_reuse, without, "{} messages", messages.len());
+    }
+    let reused = reuse.metrics().prompt_tokens_reused.load(Ordering::Relaxed) - reused_before;
+    assert!(
+        reused > 200,
+        "the shared system prompt was reused ({reused} tokens)"
+    );
+    assert_eq!(
+        fresh.metrics().prompt_tokens_reused.load(Ordering::Relaxed),
+        0
+    );
+}

@@ -76,6 +76,7 @@ impl InferenceService for SlowTrailers {
                         prompt_tokens: 1,
                         completion_tokens: 1,
                     }),
+                    ..Default::default()
                 }),
                 _ => {
                     // The trailers come a moment after the last message.

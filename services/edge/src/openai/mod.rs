@@ -347,14 +347,25 @@ pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    pub prompt_tokens_details: PromptTokensDetails,
 }
 
-impl From<rungate_proto::types::v1::TokenUsage> for Usage {
-    fn from(u: rungate_proto::types::v1::TokenUsage) -> Self {
+/// Of the prompt tokens, those the engine had cached (still counted above).
+#[derive(Serialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u32,
+}
+
+impl From<&rungate_proto::inference::v1::Finished> for Usage {
+    fn from(finished: &rungate_proto::inference::v1::Finished) -> Self {
+        let u = finished.usage.unwrap_or_default();
         Self {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.prompt_tokens + u.completion_tokens,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: finished.cached_prompt_tokens,
+            },
         }
     }
 }

@@ -266,7 +266,7 @@ async fn complete(
                         logprobs: logprobs.take(),
                         finish_reason: finish_reason(finished.finish_reason),
                     }],
-                    usage: finished.usage.unwrap_or_default().into(),
+                    usage: Usage::from(&finished),
                 };
                 let mut response = axum::Json(body).into_response();
                 set_request_id(&mut response, &call.id);
@@ -488,7 +488,7 @@ impl Frames {
                 );
                 self.pending.push_back(last);
                 if self.include_usage {
-                    let usage = self.usage_chunk(finished.usage.unwrap_or_default().into());
+                    let usage = self.usage_chunk(Usage::from(&finished));
                     self.pending.push_back(usage);
                 }
                 self.pending.push_back(Bytes::from_static(sse::DONE));

@@ -1,6 +1,7 @@
-//! The local engine: GGUF models run in-process with llama.cpp. Generation
-//! runs on blocking threads; a bounded pool of slots with a bounded queue in
-//! front gives back-pressure (a full queue is `RESOURCE_EXHAUSTED` → 503).
+//! The local engine: GGUF models run in-process with llama.cpp. Each slot is
+//! a thread with its own context, kept (with its KV cache) between calls; a
+//! bounded queue in front of the slots gives back-pressure (a full queue is
+//! `RESOURCE_EXHAUSTED` → 503).
 
 mod gguf;
 mod template;
@@ -46,10 +47,14 @@ pub struct EngineMetrics {
     pub cancelled: AtomicU64,
     /// Generations running now.
     pub running: AtomicUsize,
+    /// Prompt tokens taken from a slot's KV cache instead of evaluated.
+    pub prompt_tokens_reused: AtomicU64,
 }
 
 pub struct LocalEngine {
     inner: Arc<Inner>,
+    /// To the slots' threads; they end when it is dropped.
+    jobs: std::sync::mpsc::Sender<worker::Job>,
     slots: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     max_queue: usize,
@@ -62,6 +67,7 @@ pub(crate) struct Inner {
     context_lock: Mutex<()>,
     threads: i32,
     context_length: u32,
+    reuse_prompt_prefix: bool,
     temperature: f32,
     metrics: Arc<EngineMetrics>,
 }
@@ -126,17 +132,30 @@ impl LocalEngine {
             threads,
             "local model loaded"
         );
+        let inner = Arc::new(Inner {
+            model,
+            template,
+            context_lock: Mutex::new(()),
+            threads: threads.max(1) as i32,
+            context_length,
+            reuse_prompt_prefix: entry.reuse_prompt_prefix,
+            temperature: entry.temperature.unwrap_or(1.0),
+            metrics: Arc::new(EngineMetrics::default()),
+        });
+        let slots = entry.max_concurrent.max(1);
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let queue = Arc::new(Mutex::new(queue));
+        for slot in 0..slots {
+            let (inner, queue) = (inner.clone(), queue.clone());
+            std::thread::Builder::new()
+                .name(format!("llama-slot-{slot}"))
+                .spawn(move || worker::serve(&inner, &queue))
+                .map_err(|e| InferenceError::Config(format!("cannot start a slot thread: {e}")))?;
+        }
         Ok(Self {
-            inner: Arc::new(Inner {
-                model,
-                template,
-                context_lock: Mutex::new(()),
-                threads: threads.max(1) as i32,
-                context_length,
-                temperature: entry.temperature.unwrap_or(1.0),
-                metrics: Arc::new(EngineMetrics::default()),
-            }),
-            slots: Arc::new(Semaphore::new(entry.max_concurrent.max(1))),
+            inner,
+            jobs,
+            slots: Arc::new(Semaphore::new(slots)),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_queue: entry.max_queue,
         })
@@ -183,11 +202,15 @@ impl LocalEngine {
         let slot = slot.map_err(|_| InferenceError::Overloaded("engine shutting down".into()))?;
 
         let (events, mut rx) = tokio::sync::mpsc::channel(64);
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            worker::generate(&inner, request, default_max_tokens, &events);
-        });
+        // A permit is held per job, so a slot's thread is free to take it.
+        self.jobs
+            .send(worker::Job {
+                request,
+                default_max_tokens,
+                events,
+                slot,
+            })
+            .map_err(|_| InferenceError::Engine("the local engine's slots have stopped".into()))?;
         // The first event (Started, or an error such as a prompt too long)
         // arrives before we answer, so early errors get a proper status.
         match rx.recv().await {

@@ -1,10 +1,17 @@
-//! One generation on a blocking thread: prompt → decode loop → events. The
-//! loop checks before every token whether the caller is still there, so a
-//! dropped stream stops generation within one token.
+//! A slot's thread: it keeps one llama.cpp context for its whole life and
+//! runs one generation at a time on it: prompt → decode loop → events. The
+//! context's KV cache is kept between calls, and a call evaluates only the
+//! part of its prompt after the longest prefix it shares with what the cache
+//! holds (an agent resends the same system prompt and a growing
+//! conversation). The loop checks before every token whether the caller is
+//! still there, so a dropped stream stops generation within one token.
 
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
 
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
@@ -41,27 +48,167 @@ impl Inner {
     }
 }
 
-pub(super) fn generate(
-    inner: &Inner,
-    request: GenerateRequest,
-    default_max_tokens: u32,
-    events: &Events,
-) {
-    inner.metrics.running.fetch_add(1, Ordering::Relaxed);
-    if let Err(error) = run(inner, request, default_max_tokens, events) {
-        let _ = events.blocking_send(Err(error));
-    }
-    inner.metrics.running.fetch_sub(1, Ordering::Relaxed);
+/// Prompts are evaluated in chunks of this many tokens, aligned on
+/// multiples of it from position 0, with or without reuse. llama.cpp's
+/// results depend (in the last bits) on how tokens were batched, so a
+/// prompt's KV entries are only reused where they were computed exactly as a
+/// fresh evaluation would: in the same full, aligned chunks. That keeps greedy
+/// output token-for-token identical, at the price of re-evaluating up to a
+/// chunk of the shared prefix.
+const CHUNK: usize = 64;
+
+/// One generation, handed to a slot's thread.
+pub(super) struct Job {
+    pub(super) request: GenerateRequest,
+    pub(super) default_max_tokens: u32,
+    pub(super) events: Events,
+    /// Held until the generation ends: frees the slot for the next caller.
+    pub(super) slot: tokio::sync::OwnedSemaphorePermit,
 }
 
-fn run(
-    inner: &Inner,
+/// A slot's context and the tokens its KV cache holds, in order from position 0.
+struct Cache<'m> {
+    context: LlamaContext<'m>,
+    tokens: Vec<LlamaToken>,
+    /// How many of `tokens` were evaluated in full aligned prompt chunks
+    /// (the rest: a prompt's last partial chunk, and generated tokens).
+    reusable: usize,
+}
+
+/// A slot's thread: runs jobs until the engine (the sending side) is gone.
+pub(super) fn serve(inner: &Inner, jobs: &Mutex<Receiver<Job>>) {
+    let mut cache = None;
+    loop {
+        let job = match jobs.lock() {
+            Ok(jobs) => jobs.recv(),
+            Err(_) => return,
+        };
+        let Ok(Job {
+            request,
+            default_max_tokens,
+            events,
+            slot,
+        }) = job
+        else {
+            return;
+        };
+        inner.metrics.running.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = run(inner, &mut cache, request, default_max_tokens, &events) {
+            let _ = events.blocking_send(Err(error));
+        }
+        inner.metrics.running.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
+    }
+}
+
+impl<'m> Cache<'m> {
+    /// The context holds the model's whole context length, so any call fits.
+    fn new(inner: &'m Inner) -> Result<Self, InferenceError> {
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(inner.context_length))
+            .with_n_batch(CHUNK as u32)
+            .with_n_ubatch(CHUNK as u32)
+            .with_n_threads(inner.threads)
+            .with_n_threads_batch(inner.threads);
+        let backend = super::backend()?;
+        let _guard = inner
+            .context_lock
+            .lock()
+            .map_err(|_| engine("context lock poisoned"))?;
+        let context = inner
+            .model
+            .new_context(backend, params)
+            .map_err(|e| engine(format!("cannot create a context: {e}")))?;
+        Ok(Self {
+            context,
+            tokens: Vec::new(),
+            reusable: 0,
+        })
+    }
+
+    /// Brings the KV cache to `prompt`: keeps the longest prefix it shares
+    /// with what the cache holds and evaluates the rest. Returns how many
+    /// tokens were reused and where the last token's logits are in `batch`.
+    fn evaluate_prompt(
+        &mut self,
+        prompt: &[LlamaToken],
+        reuse: bool,
+        batch: &mut LlamaBatch<'_>,
+    ) -> Result<(usize, i32), InferenceError> {
+        // The last prompt token is always evaluated: its logits pick the
+        // first output token.
+        let shared = if reuse {
+            common_prefix(&self.tokens[..self.reusable], prompt)
+        } else {
+            0
+        };
+        let mut reused = shared.min(prompt.len() - 1) / CHUNK * CHUNK;
+        if reused < self.tokens.len() {
+            let trimmed = self
+                .context
+                .clear_kv_cache_seq(Some(0), Some(reused as u32), None)
+                .unwrap_or(false);
+            if !trimmed {
+                // Some memories (recurrent models) cannot drop a suffix.
+                self.context.clear_kv_cache();
+                reused = 0;
+            }
+            self.tokens.truncate(reused);
+        }
+        self.reusable = reused;
+        for chunk in prompt[reused..].chunks(CHUNK) {
+            self.evaluate(chunk, batch)?;
+            if chunk.len() == CHUNK {
+                self.reusable = self.tokens.len();
+            }
+        }
+        Ok((reused, batch.n_tokens() - 1))
+    }
+
+    /// Evaluates `tokens` after what the cache holds (logits for the last).
+    /// A failure leaves the cache empty rather than unknown.
+    fn evaluate(
+        &mut self,
+        tokens: &[LlamaToken],
+        batch: &mut LlamaBatch<'_>,
+    ) -> Result<(), InferenceError> {
+        batch.clear();
+        let start = self.tokens.len();
+        for (i, token) in tokens.iter().enumerate() {
+            batch
+                .add(*token, (start + i) as i32, &[0], i + 1 == tokens.len())
+                .map_err(|e| engine(format!("batch: {e}")))?;
+        }
+        if let Err(error) = self.context.decode(batch) {
+            self.context.clear_kv_cache();
+            self.tokens.clear();
+            self.reusable = 0;
+            return Err(engine(format!("decode failed: {error}")));
+        }
+        self.tokens.extend_from_slice(tokens);
+        Ok(())
+    }
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+fn run<'m>(
+    inner: &'m Inner,
+    cache: &mut Option<Cache<'m>>,
     request: GenerateRequest,
     default_max_tokens: u32,
     events: &Events,
 ) -> Result<(), InferenceError> {
     let prompt = inner.prompt_tokens(&request.messages)?;
     let n_prompt = prompt.len() as u32;
+    if n_prompt == 0 {
+        return Err(InferenceError::InvalidArgument {
+            param: "messages",
+            message: "the prompt is empty".into(),
+        });
+    }
     let room = inner.context_length.saturating_sub(n_prompt);
     if room == 0 {
         return Err(InferenceError::InvalidArgument {
@@ -87,36 +234,17 @@ fn run(
         None => default_max_tokens.min(room),
     };
 
-    let n_ctx = n_prompt + max_tokens;
-    let n_batch = n_prompt.max(1);
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(n_batch)
-        .with_n_ubatch(n_batch.min(512))
-        .with_n_threads(inner.threads)
-        .with_n_threads_batch(inner.threads);
-    let backend = super::backend()?;
-    let mut context = {
-        let _guard = inner
-            .context_lock
-            .lock()
-            .map_err(|_| engine("context lock poisoned"))?;
-        inner
-            .model
-            .new_context(backend, params)
-            .map_err(|e| engine(format!("cannot create a context: {e}")))?
+    let cache = match cache {
+        Some(cache) => cache,
+        None => cache.insert(Cache::new(inner)?),
     };
-
-    let mut batch = LlamaBatch::new(n_batch as usize, 1);
-    let last = prompt.len() as i32 - 1;
-    for (i, token) in prompt.iter().enumerate() {
-        batch
-            .add(*token, i as i32, &[0], i as i32 == last)
-            .map_err(|e| engine(format!("batch: {e}")))?;
-    }
-    context
-        .decode(&mut batch)
-        .map_err(|e| engine(format!("prompt decode failed: {e}")))?;
+    let mut batch = LlamaBatch::new(CHUNK, 1);
+    let (reused, mut logits) =
+        cache.evaluate_prompt(&prompt, inner.reuse_prompt_prefix, &mut batch)?;
+    inner
+        .metrics
+        .prompt_tokens_reused
+        .fetch_add(reused as u64, Ordering::Relaxed);
     if events
         .blocking_send(event(Event::Started(Started {
             served_by: request.model.clone(),
@@ -144,13 +272,12 @@ fn run(
     let mut generated = 0u32;
     let mut finish = FinishReason::Length;
     let mut stopped_by_sequence = false;
-    let mut position = n_prompt as i32;
     let mut piece = Vec::with_capacity(16);
     while generated < max_tokens {
         if events.is_closed() {
             return cancelled(inner, generated);
         }
-        let token = sampler.sample(&context, batch.n_tokens() - 1);
+        let token = sampler.sample(&cache.context, logits);
         if vocab.is_eog(token) {
             finish = FinishReason::Stop;
             break;
@@ -185,14 +312,8 @@ fn run(
         if generated == max_tokens {
             break;
         }
-        batch.clear();
-        batch
-            .add(token, position, &[0], true)
-            .map_err(|e| engine(format!("batch: {e}")))?;
-        position += 1;
-        context
-            .decode(&mut batch)
-            .map_err(|e| engine(format!("decode failed: {e}")))?;
+        cache.evaluate(&[token], &mut batch)?;
+        logits = 0;
     }
     if !stopped_by_sequence {
         // End of generation: release what was held back (unless it completes a stop).
@@ -217,6 +338,7 @@ fn run(
             prompt_tokens: n_prompt,
             completion_tokens: generated,
         }),
+        cached_prompt_tokens: reused as u32,
     })));
     Ok(())
 }
