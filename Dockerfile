@@ -1,5 +1,8 @@
 # One image with the four RunGate services; docker-compose.yml picks the binary.
 FROM rust:1.95-bookworm AS build
+# llama.cpp is built from source (cmake) with Rust bindings from bindgen (libclang).
+RUN apt-get update && apt-get install -y --no-install-recommends cmake clang libclang-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bins \
