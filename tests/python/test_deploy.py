@@ -66,3 +66,76 @@ def test_the_image_builds_llama_cpp_and_ships_a_model_folder():
         inference = yaml.safe_load(f)["services"]["inference"]
     assert inference["environment"]["RUNGATE_MODEL_DIR"] == "/models"
     assert any(str(v).endswith(":/models") for v in inference.get("volumes", []))
+
+
+K8S = os.path.join(REPO, "deploy/k8s")
+# Made by the operator (deploy/README.md), never committed.
+OPERATOR_SECRETS = {"rungate-database", "rungate-keys"}
+
+
+def k8s_resources():
+    with open(os.path.join(K8S, "kustomization.yaml")) as f:
+        kustomization = yaml.safe_load(f)
+    listed = set(kustomization["resources"])
+    present = {f for f in os.listdir(K8S) if f.endswith(".yaml") and f != "kustomization.yaml"}
+    assert listed == present, "kustomization.yaml lists every manifest"
+    docs = []
+    for name in sorted(listed):
+        with open(os.path.join(K8S, name)) as f:
+            docs += [doc for doc in yaml.safe_load_all(f) if doc]
+    return docs
+
+
+def test_the_kubernetes_base_is_valid_and_wired_to_what_the_binaries_read():
+    import kubernetes_validate
+
+    docs = k8s_resources()
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    by_kind = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    deployments, services = by_kind["Deployment"], by_kind["Service"]
+    assert set(deployments) == BINARIES
+    listen_port = {}
+    for name, deployment in deployments.items():
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["command"] == [name]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        unknown = set(env) - variables_read_by(name)
+        assert not unknown, f"{name} sets {unknown}, which it does not read"
+        listen_port[name] = int(next(v for k, v in env.items() if k.endswith("_LISTEN")).rsplit(":", 1)[1])
+        assert [p["containerPort"] for p in container["ports"]] == [listen_port[name]]
+        # gRPC services are probed with grpc.health.v1 on their port; the edge on /healthz.
+        for probe in ("readinessProbe", "livenessProbe"):
+            check = container[probe]
+            if name == "rungate-edge":
+                assert check["httpGet"]["path"] == "/healthz"
+            else:
+                assert check["grpc"]["port"] == listen_port[name]
+        volumes = deployment["spec"]["template"]["spec"].get("volumes", [])
+        for volume in volumes:
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in OPERATOR_SECRETS
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in by_kind["ConfigMap"]
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in by_kind["PersistentVolumeClaim"]
+        for e in container["env"]:
+            if "valueFrom" in e:
+                assert e["valueFrom"]["secretKeyRef"]["name"] in OPERATOR_SECRETS
+    # Each Service selects its Deployment and reaches the port it listens on;
+    # every internal URL names a Service at its port.
+    for name, service in services.items():
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items()
+    for name, deployment in deployments.items():
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        for e in container["env"]:
+            if e["name"].endswith("_URL") and str(e.get("value", "")).startswith("http://"):
+                url = urlparse(e["value"])
+                [port] = services[url.hostname]["spec"]["ports"]
+                assert url.port == port["port"] and listen_port[url.hostname] == port["port"], e
+    # Edge and inference scale with load.
+    scaled = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in by_kind["HorizontalPodAutoscaler"].values()}
+    assert scaled == {"rungate-edge", "rungate-inference"}
