@@ -6,7 +6,7 @@ import time
 import urllib.request
 
 from dev_chain import rpc
-from x402_helpers import MODEL
+from x402_helpers import MODEL, receipt
 
 BACKLOG = "rungate_settlement_backlog"
 OLDEST_AGE = "rungate_settlement_backlog_oldest_age_seconds"
@@ -96,3 +96,19 @@ def test_the_edge_exports_request_and_gen_ai_metrics_per_route_status_and_model(
     assert value("gen_ai_client_token_usage_sum", gen_ai_token_type="input") >= usage.prompt_tokens
     assert value("gen_ai_client_token_usage_sum", gen_ai_token_type="output") >= usage.completion_tokens
     assert value("gen_ai_server_request_duration_bucket", le="+Inf") >= 1
+
+
+def test_billing_counts_payments_by_scheme_and_what_they_earned(cluster, client):
+    _, _, before = scrape(cluster.billing_url)
+    authorized = 'rungate_payments_authorized_total{scheme="exact"}'
+    earned = 'rungate_earned_total{scheme="exact"}'
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+    raw.parse()
+    # The charge is counted once the call's usage is recorded (just after the answer).
+    deadline = time.time() + 30
+    while (charged := int(receipt(cluster.edge_url, raw.headers["x-rungate-receipt"])["amount"])) == 0:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    after = wait_for(cluster.billing_url, lambda s: s.get(earned, 0) >= before.get(earned, 0) + charged, timeout=30)
+    assert after[authorized] >= before.get(authorized, 0) + 1

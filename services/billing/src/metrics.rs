@@ -15,6 +15,8 @@ pub const EXPIRES_IN: &str = "rungate_settlement_backlog_expires_in_seconds";
 pub const RATE: &str = "rungate_settlement_rate_per_second";
 pub const SETTLEMENTS: &str = "rungate_settlements_total";
 pub const REFUSED: &str = "rungate_payments_refused_total";
+pub const AUTHORIZED: &str = "rungate_payments_authorized_total";
+pub const EARNED: &str = "rungate_earned_total";
 
 /// The process's recorder (shared through rungate-common), with billing's
 /// metrics described once.
@@ -47,6 +49,11 @@ fn describe() {
         "exact settlements by outcome (settled, expired, failed)."
     );
     describe_counter!(REFUSED, "Payments refused before serving, by reason.");
+    describe_counter!(AUTHORIZED, "Payments accepted for a call, by scheme.");
+    describe_counter!(
+        EARNED,
+        "Charged for served calls, in atomic units of the asset, by scheme."
+    );
 }
 
 /// `GET /metrics`: the Prometheus text format.
@@ -88,4 +95,15 @@ pub fn settlement(outcome: &'static str) {
 /// A payment refused before serving, by reason.
 pub fn refused(reason: &'static str) {
     metrics::counter!(REFUSED, "reason" => reason).increment(1);
+}
+
+/// A payment accepted for a call: `exact` or `batch-settlement`.
+pub fn authorized(scheme: &'static str) {
+    metrics::counter!(AUTHORIZED, "scheme" => scheme).increment(1);
+}
+
+/// A served call's charge, in atomic units, recorded with its usage.
+pub fn earned(scheme: &'static str, atomic: u128) {
+    metrics::counter!(EARNED, "scheme" => scheme)
+        .increment(u64::try_from(atomic).unwrap_or(u64::MAX));
 }

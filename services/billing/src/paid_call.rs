@@ -25,6 +25,8 @@ use tracing::Instrument;
 use crate::calls::{Admission, BatchCall, Billing};
 use crate::config::SettlementMode;
 use crate::payments::{Authorized, Payments};
+use crate::x402::batch::SCHEME as BATCH;
+use crate::x402::exact_evm::SCHEME as EXACT;
 use crate::x402::http::attach_reply;
 
 pub fn run(
@@ -98,8 +100,14 @@ async fn drive(
     send(updates, Update::Authorized(decision.response)).await;
     let authorized = match decision.admission {
         None => return Ok(()),
-        Some(Admission::Batch(call)) => return batch(api, &open, call, events, updates).await,
-        Some(Admission::Exact(authorized)) => authorized,
+        Some(Admission::Batch(call)) => {
+            crate::metrics::authorized(BATCH);
+            return batch(api, &open, call, events, updates).await;
+        }
+        Some(Admission::Exact(authorized)) => {
+            crate::metrics::authorized(EXACT);
+            authorized
+        }
     };
     let Some(payments) = api.payments_handle() else {
         return Ok(());
@@ -191,6 +199,7 @@ impl Call<'_> {
                 ..Default::default()
             })
             .await?;
+        crate::metrics::earned(EXACT, self.authorized.amount);
         Ok(())
     }
 
@@ -274,6 +283,7 @@ async fn batch(
             End::Completed(completed) => {
                 let usage = usage(&completed, charge);
                 channels.complete(reserved, charge, usage);
+                crate::metrics::earned(BATCH, charge);
             }
             End::NotServed(why) => {
                 tracing::info!(request_id = %open.request_id, %why, "voucher-paid call not served; channel released");
@@ -293,6 +303,7 @@ async fn batch(
                 .min(reserved.increment);
             let usage = usage(&completed, charge);
             let snapshot = channels.complete(reserved, charge, usage);
+            crate::metrics::earned(BATCH, charge);
             send(updates, Update::Settled(settled(charge, &snapshot))).await;
         }
         End::NotServed(why) => {

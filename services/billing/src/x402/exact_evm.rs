@@ -4,6 +4,8 @@
 //! in-process (microseconds): nothing here touches the chain or the ledger.
 
 use alloy_primitives::{Address, B256, Signature, U256};
+
+pub const SCHEME: &str = "exact";
 use alloy_sol_types::{Eip712Domain, SolStruct, sol};
 use serde::Deserialize;
 

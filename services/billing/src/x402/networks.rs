@@ -94,7 +94,7 @@ impl Network {
     /// x402 v1 `accepts[]` entry.
     pub fn requirement_v1(&self, offer: &Offer<'_>) -> Value {
         json!({
-            "scheme": "exact",
+            "scheme": super::exact_evm::SCHEME,
             "network": self.v1_name,
             "maxAmountRequired": offer.amount.to_string(),
             "resource": offer.resource,
@@ -110,7 +110,7 @@ impl Network {
     /// x402 v2 `accepts[]` entry (the resource goes in the envelope).
     pub fn requirement_v2(&self, offer: &Offer<'_>) -> Value {
         json!({
-            "scheme": "exact",
+            "scheme": super::exact_evm::SCHEME,
             "network": self.network,
             "amount": offer.amount.to_string(),
             "asset": self.asset.to_checksum(None),
