@@ -68,6 +68,20 @@ pub fn root() -> PathBuf {
     xtask::repo_root()
 }
 
+/// Builds the four services, from the repository root. The whole
+/// workspace, so features unify exactly as for `cargo test` and the two
+/// never rebuild each other's dependencies.
+pub(crate) fn build_services(root: &Path) -> anyhow::Result<()> {
+    std::env::set_current_dir(root)?;
+    let built = crate::cargo()
+        .args(["build", "--workspace", "--bins"])
+        .status()?;
+    if !built.success() {
+        bail!("building the services failed");
+    }
+    Ok(())
+}
+
 pub(crate) fn bin_dir() -> PathBuf {
     xtask::target_dir().join("debug")
 }
@@ -114,15 +128,7 @@ pub(crate) fn spawn(
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let root = root();
-    std::env::set_current_dir(&root)?;
-    // The whole workspace, so features unify exactly as for `cargo test`
-    // and the two never rebuild each other's dependencies.
-    let built = crate::cargo()
-        .args(["build", "--workspace", "--bins"])
-        .status()?;
-    if !built.success() {
-        bail!("building the services failed");
-    }
+    build_services(&root)?;
     let bin = bin_dir();
     fetch_default_model(&root)?;
 

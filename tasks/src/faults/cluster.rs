@@ -106,13 +106,7 @@ pub(crate) fn with_runtime<F: std::future::Future<Output = anyhow::Result<()>>>(
     body: impl FnOnce(PathBuf) -> F,
 ) -> anyhow::Result<()> {
     let root = root();
-    std::env::set_current_dir(&root)?;
-    let built = crate::cargo()
-        .args(["build", "--workspace", "--bins"])
-        .status()?;
-    if !built.success() {
-        bail!("building the services failed");
-    }
+    crate::dev::build_services(&root)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

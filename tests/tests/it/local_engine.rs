@@ -184,22 +184,13 @@ async fn dropping_the_stream_stops_generation() {
 #[tokio::test]
 async fn a_full_queue_is_refused_with_resource_exhausted() {
     let path = rungate_tests::fixtures::tiny_gguf().expect("tiny model");
-    let config = rungate_inference::Config {
-        models_file: None,
-        models_toml: Some(format!(
-            r#"[[models]]
+    let registry = registry_of(format!(
+        r#"[[models]]
 id = "tiny-local"
 engine = {{ kind = "local", path = "{}", threads = 1, max_concurrent = 1, max_queue = 1 }}"#,
-            path.display()
-        )),
-        drain_timeout: Duration::from_secs(1),
-    };
-    let registry = tokio::task::spawn_blocking(move || {
-        rungate_inference::registry::Registry::from_config(&config)
-    })
-    .await
-    .expect("join")
-    .expect("registry");
+        path.display()
+    ))
+    .await;
     let engine = registry.local("tiny-local").expect("local");
     let long = || request("story", greedy(400));
     let running = engine.generate(long(), 16).await.expect("first runs");
@@ -331,17 +322,7 @@ async fn reusing_the_prompt_prefix_gives_the_same_greedy_output_as_evaluating_it
             path.display()
         )
     };
-    let config = rungate_inference::Config {
-        models_file: None,
-        models_toml: Some(model("reuse", true) + &model("fresh", false)),
-        drain_timeout: Duration::from_secs(1),
-    };
-    let registry = tokio::task::spawn_blocking(move || {
-        rungate_inference::registry::Registry::from_config(&config)
-    })
-    .await
-    .expect("join")
-    .expect("registry");
+    let registry = registry_of(model("reuse", true) + &model("fresh", false)).await;
     let (reuse, fresh) = (
         registry.local("reuse").expect("local"),
         registry.local("fresh").expect("local"),
@@ -390,4 +371,17 @@ async fn reusing_the_prompt_prefix_gives_the_same_greedy_output_as_evaluating_it
         fresh.metrics().prompt_tokens_reused.load(Ordering::Relaxed),
         0
     );
+}
+
+/// An in-process registry of `models_toml` (loading runs on a blocking thread).
+async fn registry_of(models_toml: String) -> rungate_inference::registry::Registry {
+    let config = rungate_inference::Config {
+        models_file: None,
+        models_toml: Some(models_toml),
+        drain_timeout: Duration::from_secs(1),
+    };
+    tokio::task::spawn_blocking(move || rungate_inference::registry::Registry::from_config(&config))
+        .await
+        .expect("join")
+        .expect("registry")
 }
