@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use rungate_proto::billing::v1::{
-    AuthorizeRequest, Completed, PaidCallEvent, PaidCallUpdate, SettleResponse,
+    AuthorizeRequest, Completed, CompletedTaken, PaidCallEvent, PaidCallUpdate, SettleResponse,
     paid_call_event::Event, paid_call_update::Update,
 };
 use rungate_proto::ledger::v1::Usage;
@@ -65,12 +65,17 @@ enum End {
     NotServed(String),
 }
 
-async fn next_end(events: &mut Streaming<PaidCallEvent>) -> End {
+/// Waits for the call's end; a `Completed` is acknowledged at once (the
+/// edge holds the answer's last bytes until then).
+async fn next_end(events: &mut Streaming<PaidCallEvent>, updates: &Updates) -> End {
     loop {
         match events.message().await {
             Ok(Some(PaidCallEvent {
                 event: Some(Event::Completed(completed)),
-            })) => return End::Completed(completed),
+            })) => {
+                send(updates, Update::CompletedTaken(CompletedTaken {})).await;
+                return End::Completed(completed);
+            }
             Ok(Some(PaidCallEvent {
                 event: Some(Event::Aborted(aborted)),
             })) => return End::NotServed(aborted.reason),
@@ -122,12 +127,12 @@ async fn drive(
         (SettlementMode::Deferred, _) => {
             let settled = attach_reply(authorized.settle_response(true, "", None), version, None);
             send(updates, Update::Settled(settled)).await;
-            match next_end(&mut events).await {
+            match next_end(&mut events, updates).await {
                 End::Completed(completed) => call.record_usage(&completed).await?,
                 End::NotServed(why) => call.void(&why).await?,
             }
         }
-        (SettlementMode::Sync, false) => match next_end(&mut events).await {
+        (SettlementMode::Sync, false) => match next_end(&mut events, updates).await {
             End::Completed(completed) => {
                 // Usage first: were the settlement's outcome lost, the
                 // worker would find the call served and finish it.
@@ -143,7 +148,10 @@ async fn drive(
         },
         (SettlementMode::Sync, true) => {
             let settle = call.payments.settle_by_id(&authorized.request_id);
-            tokio::pin!(settle);
+            // One future for the end, polled across turns: dropped midway
+            // it could lose a `Completed` it had already read.
+            let ending = next_end(&mut events, updates);
+            tokio::pin!(settle, ending);
             let mut settled: Option<SettleResponse> = None;
             let mut end = None;
             while settled.is_none() || end.is_none() {
@@ -153,7 +161,7 @@ async fn drive(
                         send(updates, Update::Settled(response.clone())).await;
                         settled = Some(response);
                     }
-                    ended = next_end(&mut events), if end.is_none() => end = Some(ended),
+                    ended = &mut ending, if end.is_none() => end = Some(ended),
                 }
             }
             if settled.is_some_and(|s| s.success) {
@@ -279,7 +287,7 @@ async fn batch(
         let charge = reserved.increment;
         let preview = channels.preview(&reserved, charge);
         send(updates, Update::Settled(settled(charge, &preview))).await;
-        match next_end(&mut events).await {
+        match next_end(&mut events, updates).await {
             End::Completed(completed) => {
                 let usage = usage(&completed, charge);
                 channels.complete(reserved, charge, usage);
@@ -292,7 +300,7 @@ async fn batch(
         }
         return Ok(());
     }
-    match next_end(&mut events).await {
+    match next_end(&mut events, updates).await {
         End::Completed(completed) => {
             // What the call used, at the model's prices, within its quote.
             let tokens = completed.usage.unwrap_or_default();

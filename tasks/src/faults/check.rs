@@ -251,8 +251,17 @@ async fn batch_records(
                 .map_or(("no fault", Duration::ZERO), |(name, start)| {
                     (*name, at.duration_since(*start))
                 });
+            let next = events.iter().find(|(_, start)| start > at).map_or(
+                String::new(),
+                |(name, start)| {
+                    format!(
+                        ", {} ms before the {name} fault",
+                        (*start - *at).as_millis()
+                    )
+                },
+            );
             problems.push(format!(
-                "{id}: answered 200 {} ms after the {fault} fault began, no usage record",
+                "{id}: answered 200 {} ms after the {fault} fault began{next}, no usage record",
                 since.as_millis()
             ));
         }

@@ -640,3 +640,52 @@ async fn a_billing_restart_keeps_the_channel() {
         (DEPOSIT, 4)
     );
 }
+
+/// The edge sends a voucher-paid answer's last bytes only once billing has
+/// taken the call's completion. Billing going away mid-call, after its
+/// early settlement answer (a call priced per call is charged its quote),
+/// turns the answer into a 503, or a streamed one's end into an error event
+/// without `[DONE]`; the voucher was never charged and pays the next call.
+#[tokio::test]
+async fn a_call_billing_never_took_is_not_answered_and_not_charged() {
+    let mut stack = stack().await;
+    let required = required(&stack).await;
+    let (payer, _) = open_channel(&stack).await;
+    // ~2 s of words, longer than the restart's 1 s drain.
+    let slow = |stream: bool| {
+        BODY.replace("fake-echo", "fake-trickle")
+            .replace("pay me", &"word ".repeat(20))
+            .replace(
+                "\"max_tokens\":2",
+                &format!("\"max_tokens\":30,\"stream\":{stream}"),
+            )
+    };
+    for (stream, cumulative) in [(false, 2u128), (true, 3)] {
+        let voucher = payer.pay(&required, cumulative).expect("pay");
+        let request = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", stack.edge_url))
+            .header("content-type", "application/json")
+            .header("PAYMENT-SIGNATURE", &voucher)
+            .body(slow(stream));
+        let call = async {
+            let response = request.send().await.expect("edge");
+            (response.status(), response.text().await.unwrap_or_default())
+        };
+        let restart = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stack.restart_billing().await.expect("restart");
+        };
+        let ((status, body), ()) = tokio::join!(call, restart);
+        if stream {
+            assert_eq!(status, 200, "headers go out with the first byte");
+            assert!(body.contains("\"error\""), "{body}");
+            assert!(!body.contains("[DONE]"), "{body}");
+        } else {
+            assert_eq!(status, 503, "{body}");
+            let error: Value = serde_json::from_str(&body).expect("an OpenAI error");
+            assert!(error["error"]["message"].is_string(), "{body}");
+        }
+        let paid = chat(&stack, Some(&voucher), BODY).await;
+        assert_eq!(paid.status(), 200, "the voucher was not charged");
+    }
+}

@@ -273,7 +273,7 @@ async fn complete(
                 if let Some(mut session) = call.paid.take() {
                     let usage = finished.usage.unwrap_or_default();
                     let reason = finish_reason(finished.finish_reason);
-                    session.completed(usage, reason, &call.served_by).await;
+                    session.completed(usage, reason, &call.served_by).await?;
                     let settled = session.settled().await?;
                     if !settled.success {
                         let mut response = paid::settlement_failed(&settled);
@@ -397,7 +397,10 @@ impl Frames {
     }
 
     fn fail(&mut self, status: tonic::Status) {
-        let error = ApiError::from(status);
+        self.fail_with(ApiError::from(status));
+    }
+
+    fn fail_with(&mut self, error: ApiError) {
         self.pending.push_back(sse::raw_event(&error.to_json()));
         self.done = true;
     }
@@ -470,15 +473,15 @@ impl Frames {
             })) => {
                 drain(&mut self.events, self.call.trailers).await;
                 self.call.finished(&finished);
-                if let Some(session) = self.call.paid.take() {
+                if let Some(mut session) = self.call.paid.take() {
                     let usage = finished.usage.unwrap_or_default();
-                    session
-                        .completed(
-                            usage,
-                            finish_reason(finished.finish_reason),
-                            &self.call.served_by,
-                        )
-                        .await;
+                    let reason = finish_reason(finished.finish_reason);
+                    if let Err(error) = session.completed(usage, reason, &self.call.served_by).await
+                    {
+                        // Billing could not take the charge: no `[DONE]`.
+                        self.fail_with(error);
+                        return;
+                    }
                     // Keep the call open until billing has recorded it.
                     tokio::spawn(session.finish());
                 }

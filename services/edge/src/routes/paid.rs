@@ -191,27 +191,56 @@ impl PaidSession {
     /// The x402 SettleResponse for the response header (waits for it in
     /// sync settlement).
     pub async fn settled(&mut self) -> Result<SettleResponse, ApiError> {
-        if let Some(settled) = &self.settled {
-            return Ok(settled.clone());
+        if self.settled.is_none() {
+            self.read_until(|update| matches!(update, Update::Settled(_)))
+                .await?;
         }
-        let updates = &mut self.updates;
-        let settled = within(self.deadlines.settle, async {
+        self.settled.clone().ok_or_else(|| {
+            tonic::Status::unavailable("billing ended the paid call before settling").into()
+        })
+    }
+
+    /// Reads billing's updates (keeping the settlement when it passes) up
+    /// to the first that `wanted` picks, within the settle deadline.
+    async fn read_until(&mut self, wanted: impl Fn(&Update) -> bool) -> Result<(), ApiError> {
+        let Self {
+            updates,
+            settled,
+            deadlines,
+            ..
+        } = self;
+        within(deadlines.settle, async {
             while let Some(update) = updates.message().await? {
-                if let Some(Update::Settled(settled)) = update.update {
-                    return Ok(settled);
+                let Some(update) = update.update else {
+                    continue;
+                };
+                let found = wanted(&update);
+                if let Update::Settled(response) = update {
+                    settled.get_or_insert(response);
+                }
+                if found {
+                    return Ok(());
                 }
             }
             Err(tonic::Status::unavailable(
-                "billing ended the paid call before settling",
+                "billing ended the paid call before answering",
             ))
         })
         .await?;
-        self.settled = Some(settled.clone());
-        Ok(settled)
+        Ok(())
     }
 
-    /// The call was served.
-    pub async fn completed(&self, usage: TokenUsage, finish_reason: &str, engine: &str) {
+    /// The call was served: tells billing and waits until billing has taken
+    /// it, so the answer's last bytes never go out for a call billing could
+    /// not charge. If billing is gone, an `exact` call is still charged
+    /// from the edge's own usage record and is answered; a batch-settlement
+    /// call's charge lived only in billing, so it is refused (503).
+    pub async fn completed(
+        &mut self,
+        usage: TokenUsage,
+        finish_reason: &str,
+        engine: &str,
+    ) -> Result<(), ApiError> {
         let _ = self
             .events
             .send(completed(usage, finish_reason, engine))
@@ -219,9 +248,20 @@ impl PaidSession {
         if let Some(served) = &self.served {
             served.record(usage, finish_reason, engine);
         }
+        let taken = self
+            .read_until(|update| matches!(update, Update::CompletedTaken(_)))
+            .await;
+        match taken {
+            Err(error) if self.served.is_some() => {
+                tracing::warn!(%error, "billing did not take an exact call's completion; the edge's usage record stands");
+                Ok(())
+            }
+            taken => taken,
+        }
     }
 
-    /// The same, from a context that cannot wait (a dropped stream).
+    /// Tells billing the call was served, from a context that cannot wait
+    /// (a dropped stream: there is no answer left to hold back).
     pub fn completed_now(&self, usage: TokenUsage, finish_reason: &str, engine: &str) {
         let _ = self
             .events
