@@ -2,7 +2,8 @@
 //! embedded default model next to llama.cpp driven directly (the vendored
 //! build, a plain loop like llama.cpp's `simple` example, same threads; the
 //! crate does not ship llama.cpp's tools, so llama-bench cannot be built from
-//! it), and time to first token through the edge against the engine in-process.
+//! it), time to first token through the edge against the engine in-process,
+//! and (`bench_peer`) agent workloads next to llama.cpp's own server.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,6 +38,10 @@ pub struct BenchArgs {
     /// Repetitions per measurement (medians are reported).
     #[arg(long, default_value_t = 9)]
     runs: usize,
+    /// Skip the rows next to llama.cpp's server (llama-cpp-python, built
+    /// on first use).
+    #[arg(long)]
+    no_peer: bool,
 }
 
 const PROMPT_WORDS: usize = 200;
@@ -191,6 +196,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "| ratio | {:.1}x faster |",
         agent.full_ms / agent.reused_ms.max(f64::MIN_POSITIVE)
     );
+    if !args.no_peer {
+        // The embedded model as `cargo xtask dev` configures it (prefix
+        // reuse, four slots decoding together), on the same threads.
+        let config = rungate_inference::Config {
+            models_file: None,
+            models_toml: Some(format!(
+                "[[models]]\nid = \"bench\"\nengine = {{ kind = \"local\", path = \"{}\", threads = {}, context_length = 2048, max_concurrent = 4, max_queue = 16 }}",
+                model.display(),
+                args.threads
+            )),
+            drain_timeout: Duration::from_secs(1),
+        };
+        let served = Registry::from_config(&config)?;
+        runtime.block_on(async {
+            let ours = serve_edge(served).await?;
+            crate::bench_peer::run(&root, &model, args.threads, args.runs, &ours).await
+        })?;
+    }
     Ok(())
 }
 
@@ -267,9 +290,9 @@ async fn agent_ttft(registry: &Registry, runs: usize) -> anyhow::Result<AgentRun
     })
 }
 
-/// TTFT of a streamed chat completion through an in-process edge and
-/// inference service on loopback (real HTTP and gRPC hops).
-async fn edge_ttft(registry: Registry, runs: usize) -> anyhow::Result<f64> {
+/// An in-process edge (free mode) over an inference service serving
+/// `registry`, on loopback (real HTTP and gRPC hops); its URL.
+async fn serve_edge(registry: Registry) -> anyhow::Result<String> {
     let inference = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let inference_url = format!("http://{}", inference.local_addr()?);
     tokio::spawn(rungate_inference::serve_registry(
@@ -287,6 +310,13 @@ async fn edge_ttft(registry: Registry, runs: usize) -> anyhow::Result<f64> {
         std::future::pending(),
     ));
     rungate_tests::cluster::wait_serving(&inference_url).await?;
+    Ok(edge_url)
+}
+
+/// TTFT of a streamed chat completion through an in-process edge and
+/// inference service on loopback (real HTTP and gRPC hops).
+async fn edge_ttft(registry: Registry, runs: usize) -> anyhow::Result<f64> {
+    let edge_url = serve_edge(registry).await?;
     let body = serde_json::json!({
         "model": "bench",
         "messages": long_prompt().iter().map(|m| serde_json::json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(),

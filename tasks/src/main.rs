@@ -5,6 +5,7 @@
 mod bench;
 mod bench_ledger;
 mod bench_paid;
+mod bench_peer;
 mod bench_settle;
 mod dev;
 mod faults;
@@ -27,7 +28,7 @@ enum Task {
     Dev(dev::DevArgs),
     /// Run the test suite (what CI runs).
     Test(test::TestArgs),
-    /// Measure the local engine against llama.cpp's llama-bench, and TTFT through the edge.
+    /// Measure the local engine against llama.cpp (direct and its server), and TTFT through the edge.
     Bench(bench::BenchArgs),
     /// Measure ledger write throughput and ack latency at several batch sizes.
     BenchLedger(bench_ledger::LedgerBenchArgs),

@@ -60,3 +60,28 @@ def test_an_agents_calls_reuse_the_prefix_and_answer_exactly_as_without(client):
     # The growing conversation reuses the previous prompt but for its last
     # partial chunk (reuse stops at 64-token boundaries, for exact output).
     assert cached[1][0] > cached[0][1] - 64, cached
+
+
+def stream_answer(client, model, messages, max_tokens=32):
+    """The streamed answer's text, and when its first and last chunks came."""
+    import time
+    text, first = "", None
+    stream = client.chat.completions.create(model=model, messages=messages, temperature=0,
+                                            max_tokens=max_tokens, stream=True)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.monotonic()
+            text += chunk.choices[0].delta.content
+    return text, first, time.monotonic()
+
+
+def test_four_agents_at_once_decode_together_and_each_gets_its_lone_answer(client):
+    from concurrent.futures import ThreadPoolExecutor
+    agents = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+              for question in ["Paris to Lyon?", "Rome to Milan?", "Madrid to Seville?", "Oslo to Bergen?"]]
+    alone = [stream_answer(client, MODEL, messages)[0] for messages in agents]
+    with ThreadPoolExecutor(len(agents)) as pool:
+        together = list(pool.map(lambda messages: stream_answer(client, MODEL, messages), agents))
+    assert [text for text, _, _ in together] == alone
+    # They ran at once: every agent had its first token before any had its last.
+    assert max(first for _, first, _ in together) < min(last for _, _, last in together), together

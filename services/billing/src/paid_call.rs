@@ -65,15 +65,37 @@ enum End {
     NotServed(String),
 }
 
+/// Whether a call counts as served only once the edge can hear billing
+/// take its completion. A batch-settlement charge lives only in billing,
+/// and an edge that never hears it taken refuses the answer (503), so
+/// billing must not charge it either. An `exact` call's edge keeps its own
+/// usage record and answers anyway, so its completion counts regardless.
+#[derive(Clone, Copy, PartialEq)]
+enum Taken {
+    MustReachEdge,
+    Regardless,
+}
+
 /// Waits for the call's end; a `Completed` is acknowledged at once (the
 /// edge holds the answer's last bytes until then).
-async fn next_end(events: &mut Streaming<PaidCallEvent>, updates: &Updates) -> End {
+async fn next_end(events: &mut Streaming<PaidCallEvent>, updates: &Updates, taken: Taken) -> End {
+    let answer_gone = || End::NotServed("the call's answer stream ended".into());
     loop {
-        match events.message().await {
+        let message = tokio::select! {
+            message = events.message() => message,
+            // Cut at billing's drain deadline: the edge will hear nothing more.
+            () = updates.closed(), if taken == Taken::MustReachEdge => return answer_gone(),
+        };
+        match message {
             Ok(Some(PaidCallEvent {
                 event: Some(Event::Completed(completed)),
             })) => {
-                send(updates, Update::CompletedTaken(CompletedTaken {})).await;
+                let ack = PaidCallUpdate {
+                    update: Some(Update::CompletedTaken(CompletedTaken {})),
+                };
+                if updates.send(Ok(ack)).await.is_err() && taken == Taken::MustReachEdge {
+                    return answer_gone();
+                }
                 return End::Completed(completed);
             }
             Ok(Some(PaidCallEvent {
@@ -127,30 +149,32 @@ async fn drive(
         (SettlementMode::Deferred, _) => {
             let settled = attach_reply(authorized.settle_response(true, "", None), version, None);
             send(updates, Update::Settled(settled)).await;
-            match next_end(&mut events, updates).await {
+            match next_end(&mut events, updates, Taken::Regardless).await {
                 End::Completed(completed) => call.record_usage(&completed).await?,
                 End::NotServed(why) => call.void(&why).await?,
             }
         }
-        (SettlementMode::Sync, false) => match next_end(&mut events, updates).await {
-            End::Completed(completed) => {
-                // Usage first: were the settlement's outcome lost, the
-                // worker would find the call served and finish it.
-                call.record_usage(&completed).await?;
-                let settled = call.payments.settle_by_id(&authorized.request_id).await?;
-                send(
-                    updates,
-                    Update::Settled(attach_reply(settled, version, None)),
-                )
-                .await;
+        (SettlementMode::Sync, false) => {
+            match next_end(&mut events, updates, Taken::Regardless).await {
+                End::Completed(completed) => {
+                    // Usage first: were the settlement's outcome lost, the
+                    // worker would find the call served and finish it.
+                    call.record_usage(&completed).await?;
+                    let settled = call.payments.settle_by_id(&authorized.request_id).await?;
+                    send(
+                        updates,
+                        Update::Settled(attach_reply(settled, version, None)),
+                    )
+                    .await;
+                }
+                End::NotServed(why) => call.void(&why).await?,
             }
-            End::NotServed(why) => call.void(&why).await?,
-        },
+        }
         (SettlementMode::Sync, true) => {
             let settle = call.payments.settle_by_id(&authorized.request_id);
             // One future for the end, polled across turns: dropped midway
             // it could lose a `Completed` it had already read.
-            let ending = next_end(&mut events, updates);
+            let ending = next_end(&mut events, updates, Taken::Regardless);
             tokio::pin!(settle, ending);
             let mut settled: Option<SettleResponse> = None;
             let mut end = None;
@@ -287,7 +311,7 @@ async fn batch(
         let charge = reserved.increment;
         let preview = channels.preview(&reserved, charge);
         send(updates, Update::Settled(settled(charge, &preview))).await;
-        match next_end(&mut events, updates).await {
+        match next_end(&mut events, updates, Taken::MustReachEdge).await {
             End::Completed(completed) => {
                 let usage = usage(&completed, charge);
                 channels.complete(reserved, charge, usage);
@@ -300,14 +324,18 @@ async fn batch(
         }
         return Ok(());
     }
-    match next_end(&mut events, updates).await {
+    match next_end(&mut events, updates, Taken::MustReachEdge).await {
         End::Completed(completed) => {
             // What the call used, at the model's prices, within its quote.
             let tokens = completed.usage.unwrap_or_default();
             let charge = api
                 .prices()
                 .price(&model)
-                .quote(tokens.prompt_tokens, tokens.completion_tokens)
+                .charge(
+                    tokens.prompt_tokens,
+                    completed.cached_prompt_tokens,
+                    tokens.completion_tokens,
+                )
                 .min(reserved.increment);
             let usage = usage(&completed, charge);
             let snapshot = channels.complete(reserved, charge, usage);

@@ -14,6 +14,8 @@ const SCALE: u128 = 1_000_000_000;
 pub struct Price {
     per_call: u128,
     per_prompt_token: u128,
+    /// A prompt token the engine took from its cache instead of evaluating.
+    per_cached_prompt_token: u128,
     per_completion_token: u128,
 }
 
@@ -28,6 +30,23 @@ impl Price {
         let nano = self.per_call
             + u128::from(prompt_tokens) * self.per_prompt_token
             + u128::from(max_tokens) * self.per_completion_token;
+        nano.div_ceil(SCALE)
+    }
+
+    /// What a call that used these tokens costs: its cached prompt tokens
+    /// at their own rate. Never more than the quote for the same tokens
+    /// (a cached token is priced at most as a prompt token).
+    pub fn charge(
+        &self,
+        prompt_tokens: u32,
+        cached_prompt_tokens: u32,
+        completion_tokens: u32,
+    ) -> u128 {
+        let cached = cached_prompt_tokens.min(prompt_tokens);
+        let nano = self.per_call
+            + u128::from(prompt_tokens - cached) * self.per_prompt_token
+            + u128::from(cached) * self.per_cached_prompt_token
+            + u128::from(completion_tokens) * self.per_completion_token;
         nano.div_ceil(SCALE)
     }
 }
@@ -53,6 +72,9 @@ struct PriceEntry {
     per_call: Option<String>,
     #[serde(default)]
     per_prompt_token: Option<String>,
+    /// Defaults to the entry's prompt-token price.
+    #[serde(default)]
+    per_cached_prompt_token: Option<String>,
     #[serde(default)]
     per_completion_token: Option<String>,
 }
@@ -61,6 +83,7 @@ struct PriceEntry {
 const LIST_PRICE: Price = Price {
     per_call: SCALE,
     per_prompt_token: 0,
+    per_cached_prompt_token: 0,
     per_completion_token: 0,
 };
 
@@ -90,9 +113,24 @@ impl PriceEntry {
         let field = |value: &Option<String>, fallback: u128| {
             value.as_deref().map_or(Ok(fallback), parse_nano)
         };
+        let per_prompt_token = field(&self.per_prompt_token, base.per_prompt_token)?;
+        // Unset: as the prompt tokens of this entry (not the base's cached rate,
+        // which was set against another prompt price).
+        let per_cached_prompt_token = match (&self.per_cached_prompt_token, &self.per_prompt_token)
+        {
+            (Some(cached), _) => parse_nano(cached)?,
+            (None, Some(_)) => per_prompt_token,
+            (None, None) => base.per_cached_prompt_token,
+        };
+        if per_cached_prompt_token > per_prompt_token {
+            return Err(BillingError::Config(
+                "per_cached_prompt_token may not exceed per_prompt_token".into(),
+            ));
+        }
         Ok(Price {
             per_call: field(&self.per_call, base.per_call)?,
-            per_prompt_token: field(&self.per_prompt_token, base.per_prompt_token)?,
+            per_prompt_token,
+            per_cached_prompt_token,
             per_completion_token: field(&self.per_completion_token, base.per_completion_token)?,
         })
     }
@@ -168,5 +206,35 @@ mod tests {
         assert_eq!(table.price("m").quote(1, 1), 1);
         assert_eq!(table.price("m").quote(3, 2), 2);
         assert_eq!(table.price("m").quote(0, 0), 0);
+    }
+
+    #[test]
+    fn cached_prompt_tokens_have_their_own_rate() {
+        let table = PriceTable::from_toml(
+            r#"
+            [default]
+            per_call = "0"
+            per_prompt_token = "1"
+            per_cached_prompt_token = "0.1"
+            per_completion_token = "2"
+            [models."plain"]
+            per_prompt_token = "3"
+            "#,
+        )
+        .expect("table");
+        let price = table.price("any");
+        // 100 prompt tokens, 90 of them cached, 10 out: 10 + 9 + 20.
+        assert_eq!(price.charge(100, 90, 10), 39);
+        assert_eq!(price.charge(100, 0, 10), price.quote(100, 10));
+        // More cached than prompt tokens is counted as all cached, never below zero.
+        assert_eq!(price.charge(10, 50, 0), 1);
+        // An entry that sets only a prompt price charges cached tokens the same.
+        assert_eq!(table.price("plain").charge(10, 10, 0), 30);
+        assert!(
+            PriceTable::from_toml(
+                "[default]\nper_prompt_token = \"1\"\nper_cached_prompt_token = \"2\"\n"
+            )
+            .is_err()
+        );
     }
 }

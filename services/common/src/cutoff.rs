@@ -39,6 +39,9 @@ impl Body for CutOff {
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
             self.cut = true;
+            // Drop the call's stream now: the handler sees its answer gone
+            // (not only when the connection goes).
+            self.inner = tonic::body::Body::empty();
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
             trailers.insert(

@@ -31,16 +31,20 @@ impl Engine {
     /// Prompt tokens for pricing before the call runs: exact for local
     /// models, an estimate for upstreams (their tokenizer is not ours).
     /// Refuses what the engine cannot honour (`extra_json`: the request's
-    /// pass-through fields), so a refusal comes before any payment.
+    /// pass-through fields) or cannot fit (a local model's context), so a
+    /// refusal comes before any payment.
     pub fn count_prompt_tokens(
         &self,
         model: &str,
         messages: &[ChatMessage],
         extra_json: &str,
+        max_tokens: Option<u32>,
     ) -> Result<u32, InferenceError> {
         match self {
             Engine::Upstream(_) => UpstreamEngine::estimate_prompt_tokens(messages, extra_json),
-            Engine::Local(engine) => engine.count_prompt_tokens(model, messages, extra_json),
+            Engine::Local(engine) => {
+                engine.count_prompt_tokens(model, messages, extra_json, max_tokens)
+            }
         }
     }
 }

@@ -62,6 +62,7 @@ impl InferenceService for InferenceApi {
                 &request.model,
                 &request.messages,
                 &request.extra_json,
+                request.max_tokens,
             )?,
             default_max_tokens: served.model.default_max_tokens,
         }))

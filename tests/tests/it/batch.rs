@@ -686,6 +686,150 @@ async fn a_call_billing_never_took_is_not_answered_and_not_charged() {
             assert!(error["error"]["message"].is_string(), "{body}");
         }
         let paid = chat(&stack, Some(&voucher), BODY).await;
-        assert_eq!(paid.status(), 200, "the voucher was not charged");
+        assert_eq!(
+            paid.status(),
+            200,
+            "the voucher was not charged ({stream}): {:?}",
+            paid.headers().get("payment-required")
+        );
+    }
+}
+
+/// An inference service of its own: the tiny local model in one slot, so
+/// no other test's calls take its prompt cache.
+async fn tiny_inference() -> String {
+    let path = rungate_tests::fixtures::tiny_gguf().expect("tiny model");
+    let registry = super::local_engine::registry_of(format!(
+        "[[models]]\nid = \"tiny-local\"\nengine = {{ kind = \"local\", path = \"{}\", threads = 1, max_concurrent = 1 }}\n",
+        path.display()
+    ))
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(rungate_inference::serve_registry(
+        listener,
+        registry,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    rungate_tests::cluster::wait_serving(&url)
+        .await
+        .expect("inference up");
+    url
+}
+
+/// A call whose prompt the engine found in its cache is charged those
+/// tokens at `per_cached_prompt_token`: the second of two calls with the
+/// same long prompt costs less, by exactly what its usage says was cached.
+#[tokio::test]
+async fn cached_prompt_tokens_are_charged_at_their_own_rate() {
+    let inference = tiny_inference().await;
+    let stack = PaidStack::start(
+        &inference,
+        &rungate_tests::cluster().database_url,
+        PaidOptions {
+            prices_toml: Some(
+                "[default]\nper_call = \"0\"\nper_prompt_token = \"1\"\nper_cached_prompt_token = \"0.25\"\nper_completion_token = \"2\"\n"
+                    .into(),
+            ),
+            ..PaidOptions::default()
+        },
+    )
+    .await
+    .expect("paid stack");
+    let body = json!({
+        "model": "tiny-local",
+        "messages": [
+            {"role": "system", "content": "You are a careful agent with tools. ".repeat(4)},
+            {"role": "user", "content": "hello"},
+        ],
+        "max_tokens": 4,
+        "temperature": 0,
+    })
+    .to_string();
+    let unpaid = chat(&stack, None, &body).await;
+    let required = rungate_tests::x402::payment_required(unpaid.headers()).expect("402");
+    let offer = batch_offer(&required).expect("offer");
+    let quote: u128 = offer["amount"]
+        .as_str()
+        .expect("amount")
+        .parse()
+        .expect("u128");
+    let payer = BatchPayer::new(funded(&stack, 100_000).await, &offer).expect("payer");
+    let charged = |response: &reqwest::Response| -> u128 {
+        payment_response(response.headers()).expect("payment response")["extra"]["chargedAmount"]
+            .as_str()
+            .expect("charged")
+            .parse()
+            .expect("u128")
+    };
+    let tokens = |body: &Value, field: &str| -> u128 {
+        body["usage"]
+            .pointer(field)
+            .and_then(Value::as_u64)
+            .unwrap_or_default() as u128
+    };
+
+    let deposit = payer
+        .deposit(&required, 10_000, quote, now(), 300)
+        .expect("deposit");
+    let first = chat(&stack, Some(&deposit), &body).await;
+    assert_eq!(first.status(), 200, "{:?}", first.text().await);
+    let first_charge = charged(&first);
+    let first: Value = first.json().await.expect("JSON");
+    assert_eq!(tokens(&first, "/prompt_tokens_details/cached_tokens"), 0);
+    let prompt = tokens(&first, "/prompt_tokens");
+    let completion = tokens(&first, "/completion_tokens");
+    assert_eq!(first_charge, prompt + 2 * completion);
+
+    let voucher = payer.pay(&required, first_charge + quote).expect("pay");
+    let second = chat(&stack, Some(&voucher), &body).await;
+    assert_eq!(second.status(), 200);
+    let second_charge = charged(&second);
+    let second: Value = second.json().await.expect("JSON");
+    let cached = tokens(&second, "/prompt_tokens_details/cached_tokens");
+    assert!(
+        cached >= 64,
+        "the system prompt came from the cache ({cached})"
+    );
+    assert_eq!(tokens(&second, "/completion_tokens"), completion);
+    // (prompt − cached) × 1 + cached × 0.25 + completion × 2, rounded up once.
+    assert_eq!(
+        second_charge,
+        (prompt - cached) + cached.div_ceil(4) + 2 * completion
+    );
+    assert!(second_charge < first_charge);
+}
+
+/// What cannot fit a local model's context is a 400 naming the field, not
+/// a 402: no payment is asked for a call that would be refused.
+#[tokio::test]
+async fn a_call_too_big_for_the_context_is_refused_before_payment() {
+    let inference = tiny_inference().await;
+    let stack = PaidStack::start(
+        &inference,
+        &rungate_tests::cluster().database_url,
+        PaidOptions::default(),
+    )
+    .await
+    .expect("paid stack");
+    let ask = |content: String, max_tokens: u32| {
+        json!({
+            "model": "tiny-local",
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
+        })
+        .to_string()
+    };
+    for (body, param) in [
+        (ask("word ".repeat(2_000), 4), "messages"),
+        (ask("hello".into(), 100_000), "max_tokens"),
+    ] {
+        let response = chat(&stack, None, &body).await;
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.expect("OpenAI error");
+        assert_eq!(error["error"]["param"], param, "{error}");
     }
 }

@@ -19,7 +19,7 @@ async fn inference() -> InferenceServiceClient<Channel> {
         .expect("connect")
 }
 
-fn request(question: &str, sampling: SamplingParams) -> GenerateRequest {
+pub(crate) fn request(question: &str, sampling: SamplingParams) -> GenerateRequest {
     GenerateRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
         model: "tiny-local".into(),
@@ -33,7 +33,7 @@ fn request(question: &str, sampling: SamplingParams) -> GenerateRequest {
     }
 }
 
-fn greedy(max_tokens: u32) -> SamplingParams {
+pub(crate) fn greedy(max_tokens: u32) -> SamplingParams {
     SamplingParams {
         max_tokens: Some(max_tokens),
         temperature: Some(0.0),
@@ -103,6 +103,7 @@ async fn greedy_output_is_identical_run_to_run_with_exact_counts() {
             messages: request("hello world", greedy(1)).messages,
             extra_json: r#"{"tools":[{"type":"function","function":{"name":"get_weather"}}]}"#
                 .into(),
+            ..Default::default()
         })
         .await
         .expect_err("tools are refused");
@@ -249,6 +250,29 @@ async fn a_prompt_longer_than_the_context_is_invalid() {
         .expect_err("too long");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("context"), "{}", status.message());
+    // Refused as well when counting (what the edge does before asking for payment).
+    let count = |question: &str, max_tokens: Option<u32>| CountTokensRequest {
+        model: "tiny-local".into(),
+        messages: request(question, greedy(1)).messages,
+        max_tokens,
+        ..Default::default()
+    };
+    for (asked, param) in [
+        (count(&huge, None), "messages"),
+        (count("hello", Some(100_000)), "max_tokens"),
+    ] {
+        let status = inference()
+            .await
+            .count_tokens(asked)
+            .await
+            .expect_err("does not fit");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("context"),
+            "{param}: {}",
+            status.message()
+        );
+    }
 }
 
 #[test]
@@ -293,7 +317,7 @@ fn load(path: &std::path::Path) -> Result<(), String> {
 }
 
 /// Greedy text and token counts from an engine called directly.
-async fn generate_on(
+pub(crate) async fn generate_on(
     engine: &rungate_inference::local::LocalEngine,
     request: GenerateRequest,
 ) -> (String, u32, u32) {
@@ -374,7 +398,7 @@ async fn reusing_the_prompt_prefix_gives_the_same_greedy_output_as_evaluating_it
 }
 
 /// An in-process registry of `models_toml` (loading runs on a blocking thread).
-async fn registry_of(models_toml: String) -> rungate_inference::registry::Registry {
+pub(crate) async fn registry_of(models_toml: String) -> rungate_inference::registry::Registry {
     let config = rungate_inference::Config {
         models_file: None,
         models_toml: Some(models_toml),

@@ -11,6 +11,7 @@ mod escrow;
 mod health;
 mod ledger;
 mod load;
+mod local_batch;
 mod local_chat;
 mod local_engine;
 mod payments;

@@ -24,7 +24,7 @@ use crate::openai::{
     Logprobs, Usage, finish_reason,
 };
 use crate::recorder::{ServedCall, UsageRecorder};
-use crate::routes::paid::{self, Gate, PaidSession};
+use crate::routes::paid::{self, CallEnd, Gate, PaidSession};
 use crate::sse;
 use crate::state::AppState;
 
@@ -271,9 +271,9 @@ async fn complete(
                 let mut response = axum::Json(body).into_response();
                 set_request_id(&mut response, &call.id);
                 if let Some(mut session) = call.paid.take() {
-                    let usage = finished.usage.unwrap_or_default();
-                    let reason = finish_reason(finished.finish_reason);
-                    session.completed(usage, reason, &call.served_by).await?;
+                    session
+                        .completed(call_end(&finished, &call.served_by))
+                        .await?;
                     let settled = session.settled().await?;
                     if !settled.success {
                         let mut response = paid::settlement_failed(&settled);
@@ -316,6 +316,16 @@ fn streamed(call: Call, events: Streaming<GenerateEvent>, include_usage: bool) -
     response
 }
 
+/// What billing is told of a call the engine finished.
+fn call_end<'a>(finished: &Finished, engine: &'a str) -> CallEnd<'a> {
+    CallEnd {
+        usage: finished.usage.unwrap_or_default(),
+        cached_prompt_tokens: finished.cached_prompt_tokens,
+        finish_reason: finish_reason(finished.finish_reason),
+        engine,
+    }
+}
+
 /// The call's id, which is also its receipt's (`GET /v1/receipts/{id}`).
 fn set_request_id(response: &mut Response, id: &str) {
     if let Ok(value) = HeaderValue::from_str(id) {
@@ -350,7 +360,12 @@ impl Drop for Frames {
                 prompt_tokens: 0,
                 completion_tokens: self.deltas,
             };
-            session.completed_now(usage, "cancelled", &self.call.served_by);
+            session.completed_now(CallEnd {
+                usage,
+                cached_prompt_tokens: 0,
+                finish_reason: "cancelled",
+                engine: &self.call.served_by,
+            });
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(session.finish());
             }
@@ -474,10 +489,8 @@ impl Frames {
                 drain(&mut self.events, self.call.trailers).await;
                 self.call.finished(&finished);
                 if let Some(mut session) = self.call.paid.take() {
-                    let usage = finished.usage.unwrap_or_default();
-                    let reason = finish_reason(finished.finish_reason);
-                    if let Err(error) = session.completed(usage, reason, &self.call.served_by).await
-                    {
+                    let completion = call_end(&finished, &self.call.served_by);
+                    if let Err(error) = session.completed(completion).await {
                         // Billing could not take the charge: no `[DONE]`.
                         self.fail_with(error);
                         return;

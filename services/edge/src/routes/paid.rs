@@ -63,6 +63,7 @@ pub async fn gate(
                     model: chat.model.clone(),
                     messages: chat.messages.clone(),
                     extra_json: chat.extra_json(),
+                    max_tokens: chat.sampling.max_tokens,
                 };
                 within(
                     deadline,
@@ -175,13 +176,13 @@ struct Served {
 }
 
 impl Served {
-    fn record(&self, usage: TokenUsage, finish_reason: &str, engine: &str) {
+    fn record(&self, completion: &CallEnd<'_>) {
         self.recorder.record(crate::recorder::ServedCall {
             request_id: &self.request_id,
             model: &self.model,
-            engine,
-            usage,
-            finish_reason,
+            engine: completion.engine,
+            usage: completion.usage,
+            finish_reason: completion.finish_reason,
             charged: self.amount,
         });
     }
@@ -235,18 +236,10 @@ impl PaidSession {
     /// not charge. If billing is gone, an `exact` call is still charged
     /// from the edge's own usage record and is answered; a batch-settlement
     /// call's charge lived only in billing, so it is refused (503).
-    pub async fn completed(
-        &mut self,
-        usage: TokenUsage,
-        finish_reason: &str,
-        engine: &str,
-    ) -> Result<(), ApiError> {
-        let _ = self
-            .events
-            .send(completed(usage, finish_reason, engine))
-            .await;
+    pub async fn completed(&mut self, completion: CallEnd<'_>) -> Result<(), ApiError> {
+        let _ = self.events.send(completed(&completion)).await;
         if let Some(served) = &self.served {
-            served.record(usage, finish_reason, engine);
+            served.record(&completion);
         }
         let taken = self
             .read_until(|update| matches!(update, Update::CompletedTaken(_)))
@@ -262,12 +255,10 @@ impl PaidSession {
 
     /// Tells billing the call was served, from a context that cannot wait
     /// (a dropped stream: there is no answer left to hold back).
-    pub fn completed_now(&self, usage: TokenUsage, finish_reason: &str, engine: &str) {
-        let _ = self
-            .events
-            .try_send(completed(usage, finish_reason, engine));
+    pub fn completed_now(&self, completion: CallEnd<'_>) {
+        let _ = self.events.try_send(completed(&completion));
         if let Some(served) = &self.served {
-            served.record(usage, finish_reason, engine);
+            served.record(&completion);
         }
     }
 
@@ -285,12 +276,21 @@ impl PaidSession {
     }
 }
 
-fn completed(usage: TokenUsage, finish_reason: &str, engine: &str) -> PaidCallEvent {
+/// What the edge tells billing of a served call.
+pub struct CallEnd<'a> {
+    pub usage: TokenUsage,
+    pub cached_prompt_tokens: u32,
+    pub finish_reason: &'a str,
+    pub engine: &'a str,
+}
+
+fn completed(served: &CallEnd<'_>) -> PaidCallEvent {
     PaidCallEvent {
         event: Some(Event::Completed(Completed {
-            usage: Some(usage),
-            finish_reason: finish_reason.to_owned(),
-            engine: engine.to_owned(),
+            usage: Some(served.usage),
+            finish_reason: served.finish_reason.to_owned(),
+            engine: served.engine.to_owned(),
+            cached_prompt_tokens: served.cached_prompt_tokens,
         })),
     }
 }

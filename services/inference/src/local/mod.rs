@@ -1,9 +1,11 @@
-//! The local engine: GGUF models run in-process with llama.cpp. Each slot is
-//! a thread with its own context, kept (with its KV cache) between calls; a
-//! bounded queue in front of the slots gives back-pressure (a full queue is
-//! `RESOURCE_EXHAUSTED` → 503).
+//! The local engine: GGUF models run in-process with llama.cpp. Each model
+//! has one engine thread and one context whose KV cache holds a sequence
+//! per slot (`max_concurrent`), kept between calls; the calls in the slots
+//! decode together in one batch (see `worker`). A bounded queue in front of
+//! the slots gives back-pressure (a full queue is `RESOURCE_EXHAUSTED` → 503).
 
 mod gguf;
+mod sequence;
 mod template;
 mod text;
 mod worker;
@@ -49,11 +51,15 @@ pub struct EngineMetrics {
     pub running: AtomicUsize,
     /// Prompt tokens taken from a slot's KV cache instead of evaluated.
     pub prompt_tokens_reused: AtomicU64,
+    /// Generation steps (batches of one token per generating call) and the
+    /// tokens they evaluated: their ratio is how many calls shared a batch.
+    pub decode_steps: AtomicU64,
+    pub decode_step_tokens: AtomicU64,
 }
 
 pub struct LocalEngine {
     inner: Arc<Inner>,
-    /// To the slots' threads; they end when it is dropped.
+    /// To the engine thread; it ends when this is dropped.
     jobs: std::sync::mpsc::Sender<worker::Job>,
     slots: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
@@ -70,6 +76,46 @@ pub(crate) struct Inner {
     reuse_prompt_prefix: bool,
     temperature: f32,
     metrics: Arc<EngineMetrics>,
+}
+
+impl Inner {
+    /// How many tokens a call may generate after a prompt of `prompt`
+    /// tokens: what it asked for, else `default` within the context.
+    fn budget(
+        &self,
+        prompt: usize,
+        asked: Option<u32>,
+        default: u32,
+    ) -> Result<u32, InferenceError> {
+        let n_prompt = u32::try_from(prompt).unwrap_or(u32::MAX);
+        if n_prompt == 0 {
+            return Err(InferenceError::InvalidArgument {
+                param: "messages",
+                message: "the prompt is empty".into(),
+            });
+        }
+        let room = self.context_length.saturating_sub(n_prompt);
+        if room == 0 {
+            return Err(InferenceError::InvalidArgument {
+                param: "messages",
+                message: format!(
+                    "the prompt is {n_prompt} tokens; this model's context is {} tokens",
+                    self.context_length
+                ),
+            });
+        }
+        match asked {
+            Some(asked) if asked > room => Err(InferenceError::InvalidArgument {
+                param: "max_tokens",
+                message: format!(
+                    "this model's context is {} tokens: the prompt uses {n_prompt}, so at most {room} can be generated (asked for {asked})",
+                    self.context_length
+                ),
+            }),
+            Some(asked) => Ok(asked),
+            None => Ok(default.min(room)),
+        }
+    }
 }
 
 /// Request fields the local engine cannot honour: refused, never ignored.
@@ -143,14 +189,21 @@ impl LocalEngine {
             metrics: Arc::new(EngineMetrics::default()),
         });
         let slots = entry.max_concurrent.max(1);
+        if slots > worker::CHUNK {
+            return Err(InferenceError::Config(format!(
+                "model `{public_id}`: max_concurrent is at most {} (asked for {slots})",
+                worker::CHUNK
+            )));
+        }
         let (jobs, queue) = std::sync::mpsc::channel();
-        let queue = Arc::new(Mutex::new(queue));
-        for slot in 0..slots {
-            let (inner, queue) = (inner.clone(), queue.clone());
+        {
+            let inner = inner.clone();
             std::thread::Builder::new()
-                .name(format!("llama-slot-{slot}"))
-                .spawn(move || worker::serve(&inner, &queue))
-                .map_err(|e| InferenceError::Config(format!("cannot start a slot thread: {e}")))?;
+                .name(format!("llama-{public_id}"))
+                .spawn(move || worker::serve(&inner, slots, &queue))
+                .map_err(|e| {
+                    InferenceError::Config(format!("cannot start the engine thread: {e}"))
+                })?;
         }
         Ok(Self {
             inner,
@@ -171,14 +224,18 @@ impl LocalEngine {
 
     /// Exact prompt tokens: the chat template applied, then the model's
     /// tokenizer. Refuses what `generate` would refuse, before payment.
+    /// A prompt that leaves no room in the context, or a `max_tokens`
+    /// beyond it, is refused here as it would be when generating.
     pub fn count_prompt_tokens(
         &self,
         model: &str,
         messages: &[ChatMessage],
         extra_json: &str,
+        max_tokens: Option<u32>,
     ) -> Result<u32, InferenceError> {
         refuse_unsupported(model, messages, extra_json)?;
         let tokens = self.inner.prompt_tokens(messages)?.len();
+        self.inner.budget(tokens, max_tokens, 0)?;
         Ok(u32::try_from(tokens).unwrap_or(u32::MAX))
     }
 
@@ -202,15 +259,15 @@ impl LocalEngine {
         let slot = slot.map_err(|_| InferenceError::Overloaded("engine shutting down".into()))?;
 
         let (events, mut rx) = tokio::sync::mpsc::channel(64);
-        // A permit is held per job, so a slot's thread is free to take it.
+        // A permit is held per job, so the engine has a free slot for it.
         self.jobs
             .send(worker::Job {
                 request,
                 default_max_tokens,
                 events,
-                slot,
+                permit: slot,
             })
-            .map_err(|_| InferenceError::Engine("the local engine's slots have stopped".into()))?;
+            .map_err(|_| InferenceError::Engine("the local engine has stopped".into()))?;
         // The first event (Started, or an error such as a prompt too long)
         // arrives before we answer, so early errors get a proper status.
         match rx.recv().await {

@@ -1,37 +1,28 @@
-//! A slot's thread: it keeps one llama.cpp context for its whole life and
-//! runs one generation at a time on it: prompt → decode loop → events. The
-//! context's KV cache is kept between calls, and a call evaluates only the
-//! part of its prompt after the longest prefix it shares with what the cache
-//! holds (an agent resends the same system prompt and a growing
-//! conversation). The loop checks before every token whether the caller is
-//! still there, so a dropped stream stops generation within one token.
+//! The model's engine thread: one llama.cpp context whose KV cache holds a
+//! sequence per slot, and a loop that runs every admitted call together
+//! (continuous batching). Each step evaluates one prompt chunk of a call
+//! that is starting, then one token of every call that is generating, all
+//! of them in one batch; a call joins and leaves between steps. A slot's KV
+//! cache is kept between calls, and a call evaluates only the part of its
+//! prompt after the longest prefix it shares with a free slot's cache (an
+//! agent resends the same system prompt and a growing conversation). Before
+//! every step the loop checks which callers are still there, so a dropped
+//! stream stops its generation within one token.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
-use rungate_proto::inference::v1::{
-    ChatMessage, FinishReason, Finished, GenerateEvent, GenerateRequest, Started, TextDelta,
-    generate_event::Event,
-};
-use rungate_proto::types::v1::TokenUsage;
-use tokio::sync::mpsc::Sender;
+use rungate_proto::inference::v1::{ChatMessage, GenerateRequest};
 
 use super::Inner;
-use super::text::{Scan, StopScanner, Utf8Stream};
+use super::sequence::{Events, Prepared, Sequence};
 use crate::InferenceError;
-
-type Events = Sender<Result<GenerateEvent, InferenceError>>;
-
-fn event(event: Event) -> Result<GenerateEvent, InferenceError> {
-    Ok(GenerateEvent { event: Some(event) })
-}
 
 impl Inner {
     pub(super) fn prompt_tokens(
@@ -49,64 +40,125 @@ impl Inner {
 }
 
 /// Prompts are evaluated in chunks of this many tokens, aligned on
-/// multiples of it from position 0, with or without reuse. llama.cpp's
-/// results depend (in the last bits) on how tokens were batched, so a
-/// prompt's KV entries are only reused where they were computed exactly as a
-/// fresh evaluation would: in the same full, aligned chunks. That keeps greedy
-/// output token-for-token identical, at the price of re-evaluating up to a
-/// chunk of the shared prefix.
-const CHUNK: usize = 64;
+/// multiples of it from position 0, with or without reuse, each chunk in a
+/// batch of its own. llama.cpp's results depend (in the last bits) on how
+/// tokens were batched, so a prompt's KV entries are only reused where they
+/// were computed exactly as a fresh evaluation would: in the same full,
+/// aligned chunks. That keeps greedy output token-for-token identical, at
+/// the price of re-evaluating up to a chunk of the shared prefix. (Calls
+/// decoding together share a batch, one token each; each slot's sequence
+/// has its own KV stream, so attention never mixes them.)
+pub(super) const CHUNK: usize = 64;
 
-/// One generation, handed to a slot's thread.
+/// One generation, handed to the engine thread.
 pub(super) struct Job {
     pub(super) request: GenerateRequest,
     pub(super) default_max_tokens: u32,
     pub(super) events: Events,
-    /// Held until the generation ends: frees the slot for the next caller.
-    pub(super) slot: tokio::sync::OwnedSemaphorePermit,
+    /// Held until the generation ends: frees a slot for the next caller.
+    pub(super) permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-/// A slot's context and the tokens its KV cache holds, in order from position 0.
-struct Cache<'m> {
-    context: LlamaContext<'m>,
+/// What one slot's KV sequence holds, in order from position 0.
+#[derive(Default)]
+struct Slot {
     tokens: Vec<LlamaToken>,
     /// How many of `tokens` were evaluated in full aligned prompt chunks
     /// (the rest: a prompt's last partial chunk, and generated tokens).
     reusable: usize,
+    busy: bool,
+    /// When a call last took it (for least-recently-used choice).
+    used: u64,
 }
 
-/// A slot's thread: runs jobs until the engine (the sending side) is gone.
-pub(super) fn serve(inner: &Inner, jobs: &Mutex<Receiver<Job>>) {
-    let mut cache = None;
+struct Batcher<'m> {
+    inner: &'m Inner,
+    /// Made on the first call: holds a KV sequence of the whole context
+    /// length per slot.
+    context: Option<LlamaContext<'m>>,
+    slots: Vec<Slot>,
+    /// Admitted calls, oldest first (prompts are evaluated in this order).
+    running: Vec<Sequence>,
+    batch: LlamaBatch<'static>,
+    /// Indices into `running` of this step's generating calls.
+    stepping: Vec<usize>,
+    clock: u64,
+}
+
+/// The engine thread: runs calls until the engine (the sending side) is gone.
+pub(super) fn serve(inner: &Inner, slots: usize, jobs: &Receiver<Job>) {
+    let mut batcher = Batcher {
+        inner,
+        context: None,
+        slots: (0..slots).map(|_| Slot::default()).collect(),
+        running: Vec::with_capacity(slots),
+        batch: LlamaBatch::new(CHUNK.max(slots), 1),
+        stepping: Vec::with_capacity(slots),
+        clock: 0,
+    };
     loop {
-        let job = match jobs.lock() {
-            Ok(jobs) => jobs.recv(),
-            Err(_) => return,
-        };
-        let Ok(Job {
-            request,
-            default_max_tokens,
-            events,
-            slot,
-        }) = job
-        else {
-            return;
-        };
-        inner.metrics.running.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = run(inner, &mut cache, request, default_max_tokens, &events) {
-            let _ = events.blocking_send(Err(error));
+        // Block while there is nothing to do; otherwise take what arrived.
+        if batcher.running.is_empty() {
+            match jobs.recv() {
+                Ok(job) => batcher.admit(job),
+                Err(_) => return,
+            }
         }
-        inner.metrics.running.fetch_sub(1, Ordering::Relaxed);
-        drop(slot);
+        while let Ok(job) = jobs.try_recv() {
+            batcher.admit(job);
+        }
+        if !batcher.step() {
+            // Every call waits on its caller: pause (or take a new call).
+            match jobs.recv_timeout(Duration::from_millis(1)) {
+                Ok(job) => batcher.admit(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
     }
 }
 
-impl<'m> Cache<'m> {
-    /// The context holds the model's whole context length, so any call fits.
-    fn new(inner: &'m Inner) -> Result<Self, InferenceError> {
+impl<'m> Batcher<'m> {
+    fn admit(&mut self, job: Job) {
+        let Job {
+            request,
+            default_max_tokens,
+            events,
+            permit,
+        } = job;
+        let prepared = Prepared::new(self.inner, request, default_max_tokens)
+            .and_then(|prepared| self.ensure_context().map(|()| prepared));
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                // A fresh channel: there is room for this first event.
+                let _ = events.try_send(Err(error));
+                return;
+            }
+        };
+        let slot = self.pick_slot(&prepared.prompt);
+        let reused = self.trim(slot, &prepared.prompt);
+        let metrics = &self.inner.metrics;
+        metrics
+            .prompt_tokens_reused
+            .fetch_add(reused as u64, Ordering::Relaxed);
+        metrics.running.fetch_add(1, Ordering::Relaxed);
+        self.running
+            .push(Sequence::new(prepared, slot, reused, events, permit));
+    }
+
+    fn ensure_context(&mut self) -> Result<(), InferenceError> {
+        if self.context.is_some() {
+            return Ok(());
+        }
+        let inner = self.inner;
+        let slots = self.slots.len() as u32;
         let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(inner.context_length))
-            .with_n_batch(CHUNK as u32)
+            .with_n_ctx(NonZeroU32::new(inner.context_length.saturating_mul(slots)))
+            .with_n_seq_max(slots)
+            // A KV stream per sequence: each slot has the whole context length.
+            .with_kv_unified(false)
+            .with_n_batch(CHUNK.max(self.slots.len()) as u32)
             .with_n_ubatch(CHUNK as u32)
             .with_n_threads(inner.threads)
             .with_n_threads_batch(inner.threads);
@@ -119,74 +171,200 @@ impl<'m> Cache<'m> {
             .model
             .new_context(backend, params)
             .map_err(|e| engine(format!("cannot create a context: {e}")))?;
-        Ok(Self {
-            context,
-            tokens: Vec::new(),
-            reusable: 0,
-        })
+        self.context = Some(context);
+        Ok(())
     }
 
-    /// Brings the KV cache to `prompt`: keeps the longest prefix it shares
-    /// with what the cache holds and evaluates the rest. Returns how many
-    /// tokens were reused and where the last token's logits are in `batch`.
-    fn evaluate_prompt(
-        &mut self,
-        prompt: &[LlamaToken],
-        reuse: bool,
-        batch: &mut LlamaBatch<'_>,
-    ) -> Result<(usize, i32), InferenceError> {
-        // The last prompt token is always evaluated: its logits pick the
-        // first output token.
-        let shared = if reuse {
-            common_prefix(&self.tokens[..self.reusable], prompt)
+    /// A free slot (there is one: callers hold a permit per slot), the one
+    /// whose cache shares the longest reusable prefix with `prompt`, else the
+    /// least recently used.
+    fn pick_slot(&mut self, prompt: &[LlamaToken]) -> usize {
+        let reuse = self.inner.reuse_prompt_prefix;
+        let (index, _) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| !slot.busy)
+            .map(|(i, slot)| {
+                let shared = if reuse {
+                    common_prefix(&slot.tokens[..slot.reusable], prompt) / CHUNK
+                } else {
+                    0
+                };
+                (i, (shared, std::cmp::Reverse(slot.used)))
+            })
+            .max_by_key(|(_, score)| *score)
+            .unwrap_or((0, (0, std::cmp::Reverse(0))));
+        self.clock += 1;
+        let slot = &mut self.slots[index];
+        slot.busy = true;
+        slot.used = self.clock;
+        index
+    }
+
+    /// Keeps the longest reusable prefix the slot's cache shares with
+    /// `prompt` (in whole chunks, never the last prompt token: its logits
+    /// pick the first output token) and drops the rest; returns its length.
+    fn trim(&mut self, index: usize, prompt: &[LlamaToken]) -> usize {
+        let slot = &mut self.slots[index];
+        let shared = if self.inner.reuse_prompt_prefix {
+            common_prefix(&slot.tokens[..slot.reusable], prompt)
         } else {
             0
         };
-        let mut reused = shared.min(prompt.len() - 1) / CHUNK * CHUNK;
-        if reused < self.tokens.len() {
-            let trimmed = self
-                .context
-                .clear_kv_cache_seq(Some(0), Some(reused as u32), None)
+        let mut kept = shared.min(prompt.len() - 1) / CHUNK * CHUNK;
+        if kept < slot.tokens.len() {
+            let Some(context) = self.context.as_mut() else {
+                return 0;
+            };
+            let seq = Some(index as u32);
+            let trimmed = context
+                .clear_kv_cache_seq(seq, Some(kept as u32), None)
                 .unwrap_or(false);
             if !trimmed {
                 // Some memories (recurrent models) cannot drop a suffix.
-                self.context.clear_kv_cache();
-                reused = 0;
+                let _ = context.clear_kv_cache_seq(seq, None, None);
+                kept = 0;
             }
-            self.tokens.truncate(reused);
+            slot.tokens.truncate(kept);
         }
-        self.reusable = reused;
-        for chunk in prompt[reused..].chunks(CHUNK) {
-            self.evaluate(chunk, batch)?;
-            if chunk.len() == CHUNK {
-                self.reusable = self.tokens.len();
-            }
-        }
-        Ok((reused, batch.n_tokens() - 1))
+        slot.reusable = kept;
+        kept
     }
 
-    /// Evaluates `tokens` after what the cache holds (logits for the last).
-    /// A failure leaves the cache empty rather than unknown.
-    fn evaluate(
-        &mut self,
-        tokens: &[LlamaToken],
-        batch: &mut LlamaBatch<'_>,
-    ) -> Result<(), InferenceError> {
-        batch.clear();
-        let start = self.tokens.len();
-        for (i, token) in tokens.iter().enumerate() {
-            batch
-                .add(*token, (start + i) as i32, &[0], i + 1 == tokens.len())
-                .map_err(|e| engine(format!("batch: {e}")))?;
+    /// One step of the batch; false if there was nothing to evaluate.
+    fn step(&mut self) -> bool {
+        self.sweep();
+        let prompt = self.prompt_chunk();
+        let tokens = self.next_tokens();
+        self.sweep();
+        prompt || tokens
+    }
+
+    /// Hands out pending events; lets finished and abandoned calls go.
+    fn sweep(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let sequence = &mut self.running[i];
+            let here = sequence.flush();
+            let unfinished = !sequence.done || sequence.backed_up();
+            if here && unfinished {
+                i += 1;
+                continue;
+            }
+            let sequence = self.running.remove(i);
+            if !here && !sequence.done {
+                self.inner.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    generated = sequence.generated(),
+                    "caller went away; generation stopped"
+                );
+            }
+            self.slots[sequence.slot].busy = false;
+            self.inner.metrics.running.fetch_sub(1, Ordering::Relaxed);
         }
-        if let Err(error) = self.context.decode(batch) {
-            self.context.clear_kv_cache();
-            self.tokens.clear();
-            self.reusable = 0;
-            return Err(engine(format!("decode failed: {error}")));
+    }
+
+    /// Evaluates the next prompt chunk of the oldest call still starting.
+    fn prompt_chunk(&mut self) -> bool {
+        let Some(index) = self.running.iter().position(|s| !s.done && !s.prefilled()) else {
+            return false;
+        };
+        let Some(context) = self.context.as_mut() else {
+            return false;
+        };
+        let sequence = &mut self.running[index];
+        let slot = &mut self.slots[sequence.slot];
+        let start = sequence.evaluated;
+        let end = (start + CHUNK).min(sequence.prompt.len());
+        let chunk = &sequence.prompt[start..end];
+        self.batch.clear();
+        let seq = [sequence.slot as i32];
+        for (i, token) in chunk.iter().enumerate() {
+            if let Err(error) =
+                self.batch
+                    .add(*token, (start + i) as i32, &seq, start + i + 1 == end)
+            {
+                sequence.fail(engine(format!("batch: {error}")));
+                return true;
+            }
         }
-        self.tokens.extend_from_slice(tokens);
-        Ok(())
+        if let Err(error) = context.decode(&mut self.batch) {
+            // The sequence's cache is in an unknown state: start it afresh.
+            let _ = context.clear_kv_cache_seq(Some(sequence.slot as u32), None, None);
+            slot.tokens.clear();
+            slot.reusable = 0;
+            sequence.fail(engine(format!("decode failed: {error}")));
+            return true;
+        }
+        slot.tokens.extend_from_slice(chunk);
+        if chunk.len() == CHUNK {
+            slot.reusable = slot.tokens.len();
+        }
+        sequence.evaluated = end;
+        if sequence.prefilled() {
+            sequence.prompt_done(self.inner, context, self.batch.n_tokens() - 1);
+        }
+        true
+    }
+
+    /// Evaluates one token of every generating call whose caller keeps up,
+    /// together in one batch, and samples each call's next token.
+    fn next_tokens(&mut self) -> bool {
+        self.stepping.clear();
+        self.stepping.extend(
+            self.running
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.next.is_some() && !s.backed_up())
+                .map(|(i, _)| i),
+        );
+        if self.stepping.is_empty() {
+            return false;
+        }
+        let Some(context) = self.context.as_mut() else {
+            return false;
+        };
+        self.batch.clear();
+        for &i in &self.stepping {
+            let sequence = &self.running[i];
+            let Some(token) = sequence.next else { continue };
+            let position = self.slots[sequence.slot].tokens.len() as i32;
+            if let Err(error) = self
+                .batch
+                .add(token, position, &[sequence.slot as i32], true)
+            {
+                // Cannot happen: the batch holds a token per slot.
+                tracing::error!(%error, "batch full");
+                return false;
+            }
+        }
+        let decoded = context.decode(&mut self.batch);
+        let metrics = &self.inner.metrics;
+        metrics.decode_steps.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .decode_step_tokens
+            .fetch_add(self.stepping.len() as u64, Ordering::Relaxed);
+        for (logits, &i) in self.stepping.iter().enumerate() {
+            let sequence = &mut self.running[i];
+            let slot = &mut self.slots[sequence.slot];
+            let Some(token) = sequence.next.take() else {
+                continue;
+            };
+            match &decoded {
+                Ok(()) => {
+                    slot.tokens.push(token);
+                    sequence.sample(self.inner, context, logits as i32);
+                }
+                Err(error) => {
+                    let _ = context.clear_kv_cache_seq(Some(sequence.slot as u32), None, None);
+                    slot.tokens.clear();
+                    slot.reusable = 0;
+                    sequence.fail(engine(format!("decode failed: {error}")));
+                }
+            }
+        }
+        true
     }
 }
 
@@ -194,172 +372,6 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-fn run<'m>(
-    inner: &'m Inner,
-    cache: &mut Option<Cache<'m>>,
-    request: GenerateRequest,
-    default_max_tokens: u32,
-    events: &Events,
-) -> Result<(), InferenceError> {
-    let prompt = inner.prompt_tokens(&request.messages)?;
-    let n_prompt = prompt.len() as u32;
-    if n_prompt == 0 {
-        return Err(InferenceError::InvalidArgument {
-            param: "messages",
-            message: "the prompt is empty".into(),
-        });
-    }
-    let room = inner.context_length.saturating_sub(n_prompt);
-    if room == 0 {
-        return Err(InferenceError::InvalidArgument {
-            param: "messages",
-            message: format!(
-                "the prompt is {n_prompt} tokens; this model's context is {} tokens",
-                inner.context_length
-            ),
-        });
-    }
-    let sampling = request.sampling.unwrap_or_default();
-    let max_tokens = match sampling.max_tokens {
-        Some(asked) if asked > room => {
-            return Err(InferenceError::InvalidArgument {
-                param: "max_tokens",
-                message: format!(
-                    "this model's context is {} tokens: the prompt uses {n_prompt}, so at most {room} can be generated (asked for {asked})",
-                    inner.context_length
-                ),
-            });
-        }
-        Some(asked) => asked,
-        None => default_max_tokens.min(room),
-    };
-
-    let cache = match cache {
-        Some(cache) => cache,
-        None => cache.insert(Cache::new(inner)?),
-    };
-    let mut batch = LlamaBatch::new(CHUNK, 1);
-    let (reused, mut logits) =
-        cache.evaluate_prompt(&prompt, inner.reuse_prompt_prefix, &mut batch)?;
-    inner
-        .metrics
-        .prompt_tokens_reused
-        .fetch_add(reused as u64, Ordering::Relaxed);
-    if events
-        .blocking_send(event(Event::Started(Started {
-            served_by: request.model.clone(),
-        })))
-        .is_err()
-    {
-        return cancelled(inner, 0);
-    }
-
-    let temperature = sampling.temperature.unwrap_or(inner.temperature);
-    let mut sampler = if temperature <= 0.0 {
-        LlamaSampler::greedy()
-    } else {
-        let seed = sampling.seed.map_or_else(rand_seed, |s| s as u32);
-        LlamaSampler::chain_simple([
-            LlamaSampler::top_p(sampling.top_p.unwrap_or(1.0), 1),
-            LlamaSampler::temp(temperature),
-            LlamaSampler::dist(seed),
-        ])
-    };
-
-    let vocab = inner.model.vocab();
-    let mut utf8 = Utf8Stream::default();
-    let mut stops = StopScanner::new(sampling.stop);
-    let mut generated = 0u32;
-    let mut finish = FinishReason::Length;
-    let mut stopped_by_sequence = false;
-    let mut piece = Vec::with_capacity(16);
-    while generated < max_tokens {
-        if events.is_closed() {
-            return cancelled(inner, generated);
-        }
-        let token = sampler.sample(&cache.context, logits);
-        if vocab.is_eog(token) {
-            finish = FinishReason::Stop;
-            break;
-        }
-        generated += 1;
-        inner
-            .metrics
-            .tokens_generated
-            .fetch_add(1, Ordering::Relaxed);
-        piece.clear();
-        vocab.token_to_piece_into(token, &mut piece, false, None);
-        let text = utf8.push(&piece);
-        let (emit, stopped) = match stops.push(&text) {
-            Scan::Emit(text) => (text, false),
-            Scan::Stopped(text) => (text, true),
-        };
-        if !emit.is_empty()
-            && events
-                .blocking_send(event(Event::Delta(TextDelta {
-                    text: emit,
-                    ..Default::default()
-                })))
-                .is_err()
-        {
-            return cancelled(inner, generated);
-        }
-        if stopped {
-            finish = FinishReason::Stop;
-            stopped_by_sequence = true;
-            break;
-        }
-        if generated == max_tokens {
-            break;
-        }
-        cache.evaluate(&[token], &mut batch)?;
-        logits = 0;
-    }
-    if !stopped_by_sequence {
-        // End of generation: release what was held back (unless it completes a stop).
-        let tail = utf8.finish();
-        let rest = match stops.push(&tail) {
-            Scan::Emit(text) => text + &stops.finish(),
-            Scan::Stopped(text) => {
-                finish = FinishReason::Stop;
-                text
-            }
-        };
-        if !rest.is_empty() {
-            let _ = events.blocking_send(event(Event::Delta(TextDelta {
-                text: rest,
-                ..Default::default()
-            })));
-        }
-    }
-    let _ = events.blocking_send(event(Event::Finished(Finished {
-        finish_reason: finish as i32,
-        usage: Some(TokenUsage {
-            prompt_tokens: n_prompt,
-            completion_tokens: generated,
-        }),
-        cached_prompt_tokens: reused as u32,
-    })));
-    Ok(())
-}
-
 fn engine(message: impl Into<String>) -> InferenceError {
     InferenceError::Engine(message.into())
-}
-
-fn cancelled(inner: &Inner, generated: u32) -> Result<(), InferenceError> {
-    inner.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(generated, "caller went away; generation stopped");
-    Ok(())
-}
-
-fn rand_seed() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish() as u32
 }
