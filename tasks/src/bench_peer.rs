@@ -62,6 +62,8 @@ fn start_peer(python: &Path, model: &Path, threads: u32, port: u16) -> anyhow::R
         .args(["-m", "llama_cpp.server", "--model"])
         .arg(model)
         .args(["--model_alias", "bench", "--n_ctx", "2048"])
+        // By default a new request interrupts the one streaming; queue them.
+        .args(["--interrupt_requests", "False"])
         .args(["--n_threads", &threads, "--n_threads_batch", &threads])
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .stdout(Stdio::null())

@@ -2,7 +2,8 @@
 share a prompt prefix (the system prompt, a growing conversation) evaluate
 only what is new, and the answers are token for token those of the same
 model evaluating every prompt in full (greedy). Usage reports the reused
-part as OpenAI does (`prompt_tokens_details.cached_tokens`)."""
+part as OpenAI does (`prompt_tokens_details.cached_tokens`). Calls at once
+decode together and answer as each does alone."""
 import os
 import tempfile
 
@@ -57,9 +58,9 @@ def test_an_agents_calls_reuse_the_prefix_and_answer_exactly_as_without(client):
         cached.append((reused.usage.prompt_tokens_details.cached_tokens, reused.usage.prompt_tokens))
     # Every call after the first shares at least the system prompt with the one before.
     assert all(hit > 100 for hit, _ in cached[1:]), cached
-    # The growing conversation reuses the previous prompt but for its last
-    # partial chunk (reuse stops at 64-token boundaries, for exact output).
-    assert cached[1][0] > cached[0][1] - 64, cached
+    # The growing conversation reuses all of the previous prompt (the
+    # previous answer too, where it is tokenized as it was generated).
+    assert cached[1][0] >= cached[0][1] - 1, cached
 
 
 def stream_answer(client, model, messages, max_tokens=32):
@@ -83,5 +84,7 @@ def test_four_agents_at_once_decode_together_and_each_gets_its_lone_answer(clien
     with ThreadPoolExecutor(len(agents)) as pool:
         together = list(pool.map(lambda messages: stream_answer(client, MODEL, messages), agents))
     assert [text for text, _, _ in together] == alone
-    # They ran at once: every agent had its first token before any had its last.
-    assert max(first for _, first, _ in together) < min(last for _, _, last in together), together
+    # They ran at once (one slot would run them one after another): two
+    # streams were generating at the same moment.
+    spans = sorted((first, last) for _, first, last in together)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans

@@ -93,12 +93,15 @@ async fn a_cancelled_call_leaves_the_others_whole_and_a_waiting_call_joins() {
     let waiting = ask("the one that waits for a slot", greedy(20));
     let alone_first = generate_on(engine, first.clone()).await;
     let alone_waiting = generate_on(engine, waiting.clone()).await;
+    let long = ask("a long answer, dropped early", greedy(200));
+    let (_, _, long_tokens) = generate_on(engine, long.clone()).await;
+    assert_eq!(long_tokens, 200, "alone, it runs to its limit");
     let cancelled_before = engine.metrics().cancelled.load(Ordering::Relaxed);
 
     // Two slots: the long call and the first call decode together; the
     // third waits, and takes the long call's slot once it is dropped.
     let mut long = engine
-        .generate(ask("a long answer, dropped early", greedy(200)), 16)
+        .generate(long, 16)
         .await
         .expect("generate");
     let mut deltas = 0;
@@ -135,4 +138,52 @@ async fn a_cancelled_call_leaves_the_others_whole_and_a_waiting_call_joins() {
     tokio::time::timeout(Duration::from_secs(5), idle)
         .await
         .expect("every call left the batch");
+}
+
+#[tokio::test]
+async fn a_call_starting_next_to_another_copies_its_shared_prefix_exactly() {
+    let path = rungate_tests::fixtures::tiny_gguf().expect("tiny model");
+    let registry = registry_of(format!(
+        "[[models]]\nid = \"batched\"\nengine = {{ kind = \"local\", path = \"{0}\", threads = 1, max_concurrent = 2 }}\n\
+         [[models]]\nid = \"fresh\"\nengine = {{ kind = \"local\", path = \"{0}\", threads = 1, reuse_prompt_prefix = false }}\n",
+        path.display()
+    ))
+    .await;
+    let (engine, fresh) = (
+        registry.local("batched").expect("local"),
+        registry.local("fresh").expect("local"),
+    );
+    let system = rungate_proto::inference::v1::ChatMessage {
+        role: "system".into(),
+        content: "You are a careful agent with tools. ".repeat(4),
+        ..Default::default()
+    };
+    let agent = |model: &str, question: &str| GenerateRequest {
+        model: model.into(),
+        messages: vec![system.clone(), ask(question, greedy(1)).messages[0].clone()],
+        ..ask(question, greedy(12))
+    };
+    // One slot learns the system prompt; then two agents start at once: one
+    // takes that slot, the other an empty one, which copies the prefix.
+    generate_on(engine, agent("batched", "first")).await;
+    let reused_before = engine
+        .metrics()
+        .prompt_tokens_reused
+        .load(Ordering::Relaxed);
+    let (a, b) = futures::join!(
+        generate_on(engine, agent("batched", "second")),
+        generate_on(engine, agent("batched", "third"))
+    );
+    let reused = engine
+        .metrics()
+        .prompt_tokens_reused
+        .load(Ordering::Relaxed)
+        - reused_before;
+    assert_eq!(a, generate_on(fresh, agent("fresh", "second")).await);
+    assert_eq!(b, generate_on(fresh, agent("fresh", "third")).await);
+    assert!(
+        reused as u32 > (a.1 + b.1) * 3 / 4,
+        "both reused the system prompt ({reused} of {} prompt tokens)",
+        a.1 + b.1
+    );
 }

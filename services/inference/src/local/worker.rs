@@ -39,16 +39,23 @@ impl Inner {
     }
 }
 
-/// Prompts are evaluated in chunks of this many tokens, aligned on
-/// multiples of it from position 0, with or without reuse, each chunk in a
-/// batch of its own. llama.cpp's results depend (in the last bits) on how
-/// tokens were batched, so a prompt's KV entries are only reused where they
-/// were computed exactly as a fresh evaluation would: in the same full,
-/// aligned chunks. That keeps greedy output token-for-token identical, at
-/// the price of re-evaluating up to a chunk of the shared prefix. (Calls
-/// decoding together share a batch, one token each; each slot's sequence
-/// has its own KV stream, so attention never mixes them.)
+/// Prompts are evaluated in pieces of this many tokens, one piece per
+/// step, so a long prompt does not hold up the calls already generating.
+///
+/// Reuse is exact: greedy output with a reused prefix, or next to other
+/// calls, is token for token what a lone full evaluation gives (tested on
+/// the tiny GGUF and SmolLM2). llama.cpp's CPU results for a token depend on
+/// one thing about its batch: whether the token was evaluated alone (the
+/// per-token path, as in decoding) or with others of its sequence (the
+/// prompt-processing matmuls, whose results do not depend on how many).
+/// So every prompt token is evaluated in a piece of at least two tokens,
+/// with or without reuse; a reused prefix stops two tokens short of the
+/// prompt's end; generated tokens (evaluated alone) are never reused; and
+/// flash attention, whose CPU kernel does depend on the piece size, is off.
 pub(super) const CHUNK: usize = 64;
+
+/// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_DISABLED`.
+const FLASH_ATTENTION_OFF: i32 = 0;
 
 /// One generation, handed to the engine thread.
 pub(super) struct Job {
@@ -63,8 +70,8 @@ pub(super) struct Job {
 #[derive(Default)]
 struct Slot {
     tokens: Vec<LlamaToken>,
-    /// How many of `tokens` were evaluated in full aligned prompt chunks
-    /// (the rest: a prompt's last partial chunk, and generated tokens).
+    /// How many of `tokens` a later prompt may reuse: those evaluated as
+    /// prompt pieces (not the generated ones after them).
     reusable: usize,
     busy: bool,
     /// When a call last took it (for least-recently-used choice).
@@ -137,6 +144,7 @@ impl<'m> Batcher<'m> {
             }
         };
         let slot = self.pick_slot(&prepared.prompt);
+        self.copy_longer_prefix(slot, &prepared.prompt);
         let reused = self.trim(slot, &prepared.prompt);
         let metrics = &self.inner.metrics;
         metrics
@@ -158,6 +166,8 @@ impl<'m> Batcher<'m> {
             .with_n_seq_max(slots)
             // A KV stream per sequence: each slot has the whole context length.
             .with_kv_unified(false)
+            // Exact reuse (see CHUNK).
+            .with_flash_attention_policy(FLASH_ATTENTION_OFF)
             .with_n_batch(CHUNK.max(self.slots.len()) as u32)
             .with_n_ubatch(CHUNK as u32)
             .with_n_threads(inner.threads)
@@ -187,7 +197,7 @@ impl<'m> Batcher<'m> {
             .filter(|(_, slot)| !slot.busy)
             .map(|(i, slot)| {
                 let shared = if reuse {
-                    common_prefix(&slot.tokens[..slot.reusable], prompt) / CHUNK
+                    common_prefix(&slot.tokens[..slot.reusable], prompt)
                 } else {
                     0
                 };
@@ -202,9 +212,62 @@ impl<'m> Batcher<'m> {
         index
     }
 
+    /// If another slot (busy or not) holds a longer reusable prefix of
+    /// `prompt` than `index` does (agents at once share a system prompt),
+    /// copies that slot's KV sequence into `index` first: llama.cpp copies
+    /// the whole stream (bit for bit) before its next evaluation, and `trim`
+    /// then cuts it to the shared prefix.
+    fn copy_longer_prefix(&mut self, index: usize, prompt: &[LlamaToken]) {
+        if !self.inner.reuse_prompt_prefix {
+            return;
+        }
+        let shared = |slot: &Slot| common_prefix(&slot.tokens[..slot.reusable], prompt);
+        let own = shared(&self.slots[index]);
+        let donor = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(i, slot)| (shared(slot), i))
+            .max();
+        let Some((longest, donor)) = donor else {
+            return;
+        };
+        // Worth a copy of the stream only when it saves a prompt piece.
+        if longest < own + CHUNK {
+            return;
+        }
+        let Some(context) = self.context.as_mut() else {
+            return;
+        };
+        if context
+            .copy_kv_cache_seq(donor as i32, index as i32, None, None)
+            .is_err()
+        {
+            return;
+        }
+        // The copy holds all of the donor's sequence: keep only the prefix.
+        let seq = Some(index as u32);
+        if !context
+            .clear_kv_cache_seq(seq, Some(longest as u32), None)
+            .unwrap_or(false)
+        {
+            let _ = context.clear_kv_cache_seq(seq, None, None);
+            let slot = &mut self.slots[index];
+            slot.tokens.clear();
+            slot.reusable = 0;
+            return;
+        }
+        let tokens = self.slots[donor].tokens[..longest].to_vec();
+        let slot = &mut self.slots[index];
+        slot.reusable = tokens.len();
+        slot.tokens = tokens;
+    }
+
     /// Keeps the longest reusable prefix the slot's cache shares with
-    /// `prompt` (in whole chunks, never the last prompt token: its logits
-    /// pick the first output token) and drops the rest; returns its length.
+    /// `prompt`, short of its last two tokens (they are evaluated as one
+    /// piece; the last one's logits pick the first output token), and drops
+    /// the rest; returns its length.
     fn trim(&mut self, index: usize, prompt: &[LlamaToken]) -> usize {
         let slot = &mut self.slots[index];
         let shared = if self.inner.reuse_prompt_prefix {
@@ -212,7 +275,7 @@ impl<'m> Batcher<'m> {
         } else {
             0
         };
-        let mut kept = shared.min(prompt.len() - 1) / CHUNK * CHUNK;
+        let mut kept = shared.min(prompt.len().saturating_sub(2));
         if kept < slot.tokens.len() {
             let Some(context) = self.context.as_mut() else {
                 return 0;
@@ -276,7 +339,12 @@ impl<'m> Batcher<'m> {
         let sequence = &mut self.running[index];
         let slot = &mut self.slots[sequence.slot];
         let start = sequence.evaluated;
-        let end = (start + CHUNK).min(sequence.prompt.len());
+        let len = sequence.prompt.len();
+        let mut end = (start + CHUNK).min(len);
+        if len - end == 1 {
+            // Never leave a last piece of one token (see CHUNK).
+            end -= 1;
+        }
         let chunk = &sequence.prompt[start..end];
         self.batch.clear();
         let seq = [sequence.slot as i32];
@@ -298,9 +366,7 @@ impl<'m> Batcher<'m> {
             return true;
         }
         slot.tokens.extend_from_slice(chunk);
-        if chunk.len() == CHUNK {
-            slot.reusable = slot.tokens.len();
-        }
+        slot.reusable = slot.tokens.len();
         sequence.evaluated = end;
         if sequence.prefilled() {
             sequence.prompt_done(self.inner, context, self.batch.n_tokens() - 1);
