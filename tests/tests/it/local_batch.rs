@@ -100,10 +100,7 @@ async fn a_cancelled_call_leaves_the_others_whole_and_a_waiting_call_joins() {
 
     // Two slots: the long call and the first call decode together; the
     // third waits, and takes the long call's slot once it is dropped.
-    let mut long = engine
-        .generate(long, 16)
-        .await
-        .expect("generate");
+    let mut long = engine.generate(long, 16).await.expect("generate");
     let mut deltas = 0;
     while deltas < 2 {
         match long.next().await.expect("event").expect("ok").event {
