@@ -198,11 +198,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     if !args.no_peer {
         // The embedded model as `cargo xtask dev` configures it (prefix
-        // reuse, four slots decoding together), on the same threads.
+        // reuse, four slots decoding together), on the same threads, with
+        // flash attention off as the peer runs (llama-cpp-python's default),
+        // which also lets reuse stop at any token.
         let config = rungate_inference::Config {
             models_file: None,
             models_toml: Some(format!(
-                "[[models]]\nid = \"bench\"\nengine = {{ kind = \"local\", path = \"{}\", threads = {}, context_length = 2048, max_concurrent = 4, max_queue = 16 }}",
+                "[[models]]\nid = \"bench\"\nengine = {{ kind = \"local\", path = \"{}\", threads = {}, context_length = 2048, max_concurrent = 4, max_queue = 16, flash_attention = false }}",
                 model.display(),
                 args.threads
             )),

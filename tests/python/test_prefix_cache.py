@@ -58,9 +58,10 @@ def test_an_agents_calls_reuse_the_prefix_and_answer_exactly_as_without(client):
         cached.append((reused.usage.prompt_tokens_details.cached_tokens, reused.usage.prompt_tokens))
     # Every call after the first shares at least the system prompt with the one before.
     assert all(hit > 100 for hit, _ in cached[1:]), cached
-    # The growing conversation reuses all of the previous prompt (the
-    # previous answer too, where it is tokenized as it was generated).
-    assert cached[1][0] >= cached[0][1] - 1, cached
+    # The growing conversation reuses the previous prompt but for its last
+    # partial chunk (with flash attention, as configured, reuse stops at
+    # 64-token boundaries, for exact output).
+    assert cached[1][0] > cached[0][1] - 64, cached
 
 
 def stream_answer(client, model, messages, max_tokens=32):

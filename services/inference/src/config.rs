@@ -75,11 +75,18 @@ pub struct LocalEntry {
     pub gpu_layers: u32,
     /// Keep each slot's KV cache between calls and evaluate only what a
     /// prompt adds to the longest prefix it shares with it.
-    #[serde(default = "default_reuse")]
+    #[serde(default = "default_true")]
     pub reuse_prompt_prefix: bool,
+    /// llama.cpp's flash attention (its default). Its CPU kernel's results
+    /// depend on how many tokens share a batch, so an exact prefix reuse
+    /// stops at 64-token boundaries; off, reuse is exact at any token (a
+    /// faster first token for agents) and the numerics are those of plain
+    /// attention (the same model may answer a few prompts differently).
+    #[serde(default = "default_true")]
+    pub flash_attention: bool,
 }
 
-fn default_reuse() -> bool {
+fn default_true() -> bool {
     true
 }
 

@@ -178,8 +178,9 @@ async fn a_call_starting_next_to_another_copies_its_shared_prefix_exactly() {
         - reused_before;
     assert_eq!(a, generate_on(fresh, agent("fresh", "second")).await);
     assert_eq!(b, generate_on(fresh, agent("fresh", "third")).await);
+    // More than one prompt's worth: the agent in the empty slot reused too.
     assert!(
-        reused as u32 > (a.1 + b.1) * 3 / 4,
+        reused as u32 > (a.1 + b.1) / 2,
         "both reused the system prompt ({reused} of {} prompt tokens)",
         a.1 + b.1
     );

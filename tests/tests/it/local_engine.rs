@@ -340,9 +340,17 @@ pub(crate) async fn generate_on(
 #[tokio::test]
 async fn reusing_the_prompt_prefix_gives_the_same_greedy_output_as_evaluating_it_all() {
     let path = rungate_tests::fixtures::tiny_gguf().expect("tiny model");
+    // With flash attention (reuse stops at 64-token boundaries) and without
+    // (reuse stops at any token), each against a full evaluation alike.
+    for flash in [true, false] {
+        reuse_matches_full_evaluation(&path, flash).await;
+    }
+}
+
+async fn reuse_matches_full_evaluation(path: &std::path::Path, flash: bool) {
     let model = |id: &str, reuse: bool| {
         format!(
-            "[[models]]\nid = \"{id}\"\nengine = {{ kind = \"local\", path = \"{}\", threads = 1, reuse_prompt_prefix = {reuse} }}\n",
+            "[[models]]\nid = \"{id}\"\nengine = {{ kind = \"local\", path = \"{}\", threads = 1, reuse_prompt_prefix = {reuse}, flash_attention = {flash} }}\n",
             path.display()
         )
     };

@@ -74,6 +74,7 @@ pub(crate) struct Inner {
     threads: i32,
     context_length: u32,
     reuse_prompt_prefix: bool,
+    flash_attention: bool,
     temperature: f32,
     metrics: Arc<EngineMetrics>,
 }
@@ -185,6 +186,7 @@ impl LocalEngine {
             threads: threads.max(1) as i32,
             context_length,
             reuse_prompt_prefix: entry.reuse_prompt_prefix,
+            flash_attention: entry.flash_attention,
             temperature: entry.temperature.unwrap_or(1.0),
             metrics: Arc::new(EngineMetrics::default()),
         });

@@ -39,23 +39,27 @@ impl Inner {
     }
 }
 
-/// Prompts are evaluated in pieces of this many tokens, one piece per
-/// step, so a long prompt does not hold up the calls already generating.
+/// Prompts are evaluated in pieces of this many tokens, aligned on its
+/// multiples from position 0, one piece per step, so a long prompt does not
+/// hold up the calls already generating.
 ///
 /// Reuse is exact: greedy output with a reused prefix, or next to other
 /// calls, is token for token what a lone full evaluation gives (tested on
 /// the tiny GGUF and SmolLM2). llama.cpp's CPU results for a token depend on
-/// one thing about its batch: whether the token was evaluated alone (the
-/// per-token path, as in decoding) or with others of its sequence (the
-/// prompt-processing matmuls, whose results do not depend on how many).
-/// So every prompt token is evaluated in a piece of at least two tokens,
-/// with or without reuse; a reused prefix stops two tokens short of the
-/// prompt's end; generated tokens (evaluated alone) are never reused; and
-/// flash attention, whose CPU kernel does depend on the piece size, is off.
+/// whether it was evaluated alone (the per-token path, as in decoding) or
+/// with others of its sequence (the prompt matmuls, whose results do not
+/// depend on how many); so every prompt token is evaluated with at least one
+/// other, with or without reuse, a reused prefix stops two tokens short of
+/// the prompt's end, and generated tokens (evaluated alone) are never reused.
+/// The CPU flash-attention kernel does depend on how many tokens share a
+/// piece: with it on, reuse also stops at a multiple of CHUNK, so reused
+/// entries were computed in the same pieces as a fresh evaluation's.
 pub(super) const CHUNK: usize = 64;
 
-/// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_DISABLED`.
+/// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_DISABLED` and `_AUTO` (its default:
+/// on where the backend supports it).
 const FLASH_ATTENTION_OFF: i32 = 0;
+const FLASH_ATTENTION_AUTO: i32 = -1;
 
 /// One generation, handed to the engine thread.
 pub(super) struct Job {
@@ -166,8 +170,11 @@ impl<'m> Batcher<'m> {
             .with_n_seq_max(slots)
             // A KV stream per sequence: each slot has the whole context length.
             .with_kv_unified(false)
-            // Exact reuse (see CHUNK).
-            .with_flash_attention_policy(FLASH_ATTENTION_OFF)
+            .with_flash_attention_policy(if inner.flash_attention {
+                FLASH_ATTENTION_AUTO
+            } else {
+                FLASH_ATTENTION_OFF
+            })
             .with_n_batch(CHUNK.max(self.slots.len()) as u32)
             .with_n_ubatch(CHUNK as u32)
             .with_n_threads(inner.threads)
@@ -266,16 +273,18 @@ impl<'m> Batcher<'m> {
 
     /// Keeps the longest reusable prefix the slot's cache shares with
     /// `prompt`, short of its last two tokens (they are evaluated as one
-    /// piece; the last one's logits pick the first output token), and drops
-    /// the rest; returns its length.
+    /// piece; the last one's logits pick the first output token) and, with
+    /// flash attention, at a multiple of CHUNK; drops the rest; returns its
+    /// length.
     fn trim(&mut self, index: usize, prompt: &[LlamaToken]) -> usize {
-        let slot = &mut self.slots[index];
         let shared = if self.inner.reuse_prompt_prefix {
+            let slot = &self.slots[index];
             common_prefix(&slot.tokens[..slot.reusable], prompt)
         } else {
             0
         };
-        let mut kept = shared.min(prompt.len().saturating_sub(2));
+        let mut kept = self.reusable_up_to(shared.min(prompt.len().saturating_sub(2)));
+        let slot = &mut self.slots[index];
         if kept < slot.tokens.len() {
             let Some(context) = self.context.as_mut() else {
                 return 0;
@@ -431,6 +440,17 @@ impl<'m> Batcher<'m> {
             }
         }
         true
+    }
+}
+
+impl Batcher<'_> {
+    /// Where an exact reuse may stop (see CHUNK).
+    fn reusable_up_to(&self, shared: usize) -> usize {
+        if self.inner.flash_attention {
+            shared / CHUNK * CHUNK
+        } else {
+            shared
+        }
     }
 }
 
