@@ -10,6 +10,7 @@ import tempfile
 import time
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -135,16 +136,122 @@ def test_the_npm_openai_sdk_streams_a_tool_call_through_rungate(tools):
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
 
 
-def test_the_local_engine_refuses_tools_before_asking_for_payment(tools):
+LOCAL = "smollm2-135m-instruct"
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "The time now in a timezone.",
+    "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]}}}
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+
+
+def on_local(client, stream, **ask):
+    """One greedy turn on the embedded SmolLM2 (paid like any other call)."""
+    ask = {"model": LOCAL, "temperature": 0, "max_tokens": 160, **ask}
+    if stream:
+        with client.chat.completions.stream(**ask) as events:
+            return events.get_final_completion()
+    return client.chat.completions.create(**ask)
+
+
+def assert_valid_calls(choice):
+    assert choice.finish_reason == "tool_calls", choice
+    assert choice.message.tool_calls, choice
+    for call in choice.message.tool_calls:
+        assert call.type == "function" and call.id.startswith("call_"), call
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+    assert len({c.id for c in choice.message.tool_calls}) == len(choice.message.tool_calls)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["once", "stream"])
+def test_the_embedded_model_runs_a_tool_loop(tools, stream):
+    _, _, client = tools
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    first = on_local(client, stream, messages=messages, tools=[WEATHER, TIME], tool_choice=named,
+                     parallel_tool_calls=False)
+    choice = first.choices[0]
+    assert_valid_calls(choice)
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert not choice.message.content
+
+    messages.append({"role": "assistant", "content": None, "tool_calls": [
+        {"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}]})
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"})
+    final = on_local(client, stream, messages=messages, tools=[WEATHER, TIME], tool_choice="none")
+    assert final.choices[0].message.tool_calls is None
+    assert final.choices[0].message.content.strip(), final
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["once", "stream"])
+def test_the_embedded_model_calls_a_tool_when_one_is_required(tools, stream):
+    _, _, client = tools
+    reply = on_local(client, stream, tools=[WEATHER, TIME], tool_choice="required",
+                     messages=[{"role": "user", "content": "What time is it in Tokyo?"}])
+    assert_valid_calls(reply.choices[0])
+
+
+def test_the_embedded_model_either_calls_a_known_tool_or_answers_in_text_on_auto(tools):
+    _, _, client = tools
+    for question in ("What is the weather in Paris?", "Say hello."):
+        choice = on_local(client, False, tools=[WEATHER, TIME],
+                          messages=[{"role": "user", "content": question}]).choices[0]
+        if choice.message.tool_calls:
+            assert_valid_calls(choice)
+        else:
+            # A reply, never the tool format's JSON leaking into the content.
+            assert choice.message.content.strip() and '"response"' not in choice.message.content, choice
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["once", "stream"])
+def test_the_embedded_model_answers_with_json_matching_a_strict_schema(tools, stream):
+    _, _, client = tools
+    schema = {"type": "object", "additionalProperties": False, "required": ["city", "country", "capital"],
+              "properties": {"city": {"type": "string", "maxLength": 40}, "country": {"type": "string", "maxLength": 40},
+                             "capital": {"type": "boolean"}}}
+    reply = on_local(client, stream, messages=[{"role": "user", "content": "Describe Paris."}],
+                     response_format={"type": "json_schema",
+                                      "json_schema": {"name": "city", "strict": True, "schema": schema}})
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop", choice
+    answer = json.loads(choice.message.content)
+    jsonschema.validate(answer, schema)
+    # In the schema's order, as a strict schema promises.
+    assert list(answer) == ["city", "country", "capital"]
+
+
+def test_a_paid_local_tool_call_has_a_receipt_with_its_usage_and_tools_are_prompt_tokens(tools):
+    cluster, _, client = tools
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    plain = on_local(client, False, messages=question, max_tokens=1)
+    raw = client.chat.completions.with_raw_response.create(
+        model=LOCAL, temperature=0, max_tokens=160, messages=question, tools=[WEATHER], tool_choice="required")
+    completion = raw.parse()
+    assert_valid_calls(completion.choices[0])
+    # The model reads the tools' description: it is part of the prompt.
+    assert completion.usage.prompt_tokens > plain.usage.prompt_tokens + 30
+    deadline = time.time() + 10
+    while (shown := receipt(cluster.edge_url, raw.headers["x-rungate-receipt"]))["usage"]["prompt_tokens"] == 0:
+        assert time.time() < deadline, shown
+        time.sleep(0.1)
+    assert shown["usage"]["prompt_tokens"] == completion.usage.prompt_tokens
+    assert shown["usage"]["completion_tokens"] == completion.usage.completion_tokens > 0
+
+
+def test_the_local_engine_refuses_what_it_cannot_constrain_before_asking_for_payment(tools):
     cluster, _, _ = tools
-    body = {"model": "smollm2-135m-instruct", "tools": [WEATHER],
-            "messages": [{"role": "user", "content": "Weather in Paris?"}]}
-    # No payment presented: a request the engine cannot serve is a 400, not a 402.
-    response = httpx.post(cluster.edge_url + "/v1/chat/completions", json=body, timeout=30)
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert (error["type"], error["param"]) == ("invalid_request_error", "tools")
-    assert "local engine" in error["message"]
+    base = {"model": LOCAL, "messages": [{"role": "user", "content": "Weather in Paris?"}]}
+    for extra, param in [
+        ({"logprobs": True}, "logprobs"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}},
+         "response_format"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_time"}}},
+         "tool_choice.function.name"),
+    ]:
+        # No payment presented: a request the engine cannot serve is a 400, not a 402.
+        response = httpx.post(cluster.edge_url + "/v1/chat/completions", json={**base, **extra}, timeout=30)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["type"], error["param"]) == ("invalid_request_error", param), error
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["once", "stream"])

@@ -53,12 +53,13 @@ async fn streamed_and_non_streamed_greedy_answers_match_with_exact_usage() {
 #[tokio::test]
 async fn fields_the_local_engine_cannot_honour_are_a_400_naming_them() {
     let mut request = tiny(4);
-    request["tools"] = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    request["logprobs"] = json!(true);
     let error = openai_error(post_chat(&request).await, 400).await;
-    assert_eq!(error["param"], "tools");
+    assert_eq!(error["param"], "logprobs");
 
     let mut request = tiny(4);
-    request["response_format"] = json!({"type": "json_object"});
+    // A schema llama.cpp cannot make a grammar of: refused, never unconstrained.
+    request["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}});
     let error = openai_error(post_chat(&request).await, 400).await;
     assert_eq!(error["param"], "response_format");
 

@@ -41,8 +41,11 @@ pub(crate) fn greedy(max_tokens: u32) -> SamplingParams {
     }
 }
 
+#[derive(Debug)]
 struct Outcome {
     text: String,
+    /// Tool calls assembled from their fragments: id, name, arguments.
+    calls: Vec<(String, String, String)>,
     finish: FinishReason,
     prompt_tokens: u32,
     completion_tokens: u32,
@@ -56,13 +59,25 @@ async fn run(request: GenerateRequest) -> Outcome {
         .expect("generate")
         .into_inner();
     let mut text = String::new();
+    let mut calls: Vec<(String, String, String)> = Vec::new();
     while let Some(event) = events.message().await.expect("stream") {
         match event.event {
             Some(Event::Delta(delta)) => text.push_str(&delta.text),
+            Some(Event::ToolCall(fragment)) => {
+                let index = fragment.index as usize;
+                if index == calls.len() {
+                    calls.push(Default::default());
+                }
+                let call = &mut calls[index];
+                call.0.push_str(&fragment.id);
+                call.1.push_str(&fragment.name);
+                call.2.push_str(&fragment.arguments);
+            }
             Some(Event::Finished(finished)) => {
                 let usage = finished.usage.expect("usage");
                 return Outcome {
                     text,
+                    calls,
                     finish: FinishReason::try_from(finished.finish_reason).expect("reason"),
                     prompt_tokens: usage.prompt_tokens,
                     completion_tokens: usage.completion_tokens,
@@ -101,14 +116,17 @@ async fn greedy_output_is_identical_run_to_run_with_exact_counts() {
         .count_tokens(CountTokensRequest {
             model: "tiny-local".into(),
             messages: request("hello world", greedy(1)).messages,
-            extra_json: r#"{"tools":[{"type":"function","function":{"name":"get_weather"}}]}"#
-                .into(),
+            extra_json: r#"{"logprobs":true}"#.into(),
             ..Default::default()
         })
         .await
-        .expect_err("tools are refused");
+        .expect_err("logprobs are refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(refused.message().contains("tools"), "{}", refused.message());
+    assert!(
+        refused.message().contains("logprobs"),
+        "{}",
+        refused.message()
+    );
 }
 
 #[tokio::test]
@@ -219,25 +237,108 @@ engine = {{ kind = "local", path = "{}", threads = 1, max_concurrent = 1, max_qu
 
 #[tokio::test]
 async fn unsupported_fields_are_refused_naming_the_field() {
-    let mut with_tools = request("hi", greedy(4));
-    with_tools.extra_json = r#"{"tools":[{"type":"function","function":{"name":"f"}}]}"#.into();
+    let mut with_logprobs = request("hi", greedy(4));
+    with_logprobs.extra_json = r#"{"logprobs":true}"#.into();
     let status = inference()
         .await
-        .generate(with_tools)
+        .generate(with_logprobs)
         .await
-        .expect_err("tools refused");
+        .expect_err("logprobs refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert_eq!(
-        status
-            .metadata()
-            .get("x-rungate-param")
-            .and_then(|v| v.to_str().ok()),
-        Some("tools")
-    );
+    assert_eq!(param_of(&status), Some("logprobs"));
 
     let mut text_format = request("hi", greedy(4));
     text_format.extra_json = r#"{"response_format":{"type":"text"},"presence_penalty":0}"#.into();
     run(text_format).await;
+}
+
+fn param_of(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get("x-rungate-param")
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Two functions, kept short for the tiny model's 512-token context (its
+/// vocabulary spells JSON a byte a token); `get_weather`'s one argument is
+/// an enum, so that even random weights end a call within a few tokens.
+const TOOLS: &str = r#"[
+  {"type":"function","function":{"name":"get_weather",
+    "parameters":{"type":"object","properties":{"unit":{"enum":["C","F"]}},"required":["unit"]}}},
+  {"type":"function","function":{"name":"get_time"}}
+]"#;
+
+#[tokio::test]
+async fn a_named_tool_choice_calls_that_function_with_arguments_matching_its_schema() {
+    let mut call = request("the weather in Paris", greedy(90));
+    call.extra_json = format!(
+        r#"{{"tools":{TOOLS},"parallel_tool_calls":false,"tool_choice":{{"type":"function","function":{{"name":"get_weather"}}}}}}"#
+    );
+    let outcome = run(call).await;
+    assert_eq!(outcome.finish, FinishReason::ToolCalls, "{outcome:?}");
+    assert_eq!(outcome.text, "");
+    let [(id, name, arguments)] = &outcome.calls[..] else {
+        panic!("one call: {outcome:?}");
+    };
+    assert!(id.starts_with("call_"), "{id}");
+    assert_eq!(name, "get_weather");
+    let arguments: serde_json::Value = serde_json::from_str(arguments).expect("JSON arguments");
+    let unit = arguments["unit"].as_str().expect("unit");
+    assert!(["C", "F"].contains(&unit), "{arguments}");
+    assert_eq!(arguments.as_object().map(|a| a.len()), Some(1));
+}
+
+#[tokio::test]
+async fn a_json_schema_response_format_gives_json_matching_the_schema() {
+    let mut call = request("is it", greedy(90));
+    call.extra_json = r#"{"response_format":{"type":"json_schema","json_schema":{"name":"answer","strict":true,"schema":
+        {"type":"object","properties":{"ok":{"type":"boolean"},"city":{"enum":["Paris","Rome"]}},"required":["ok","city"],"additionalProperties":false}}}}"#
+        .into();
+    let outcome = run(call).await;
+    assert_eq!(outcome.finish, FinishReason::Stop, "{outcome:?}");
+    let answer: serde_json::Value = serde_json::from_str(&outcome.text).expect("JSON content");
+    assert!(answer["ok"].is_boolean(), "{answer}");
+    assert!(
+        ["Paris", "Rome"].contains(&answer["city"].as_str().unwrap_or("")),
+        "{answer}"
+    );
+    // The schema's order, as a strict schema promises.
+    assert!(
+        outcome.text.find("ok") < outcome.text.find("city"),
+        "{}",
+        outcome.text
+    );
+}
+
+#[tokio::test]
+async fn tool_definitions_are_prompt_tokens_and_a_schema_without_a_grammar_is_refused_when_counting()
+ {
+    let count = |extra_json: String| CountTokensRequest {
+        model: "tiny-local".into(),
+        messages: request("the weather", greedy(1)).messages,
+        extra_json,
+        ..Default::default()
+    };
+    let mut client = inference().await;
+    let plain = client
+        .count_tokens(count(String::new()))
+        .await
+        .expect("count");
+    let with_tools = client
+        .count_tokens(count(format!(r#"{{"tools":{TOOLS}}}"#)))
+        .await
+        .expect("count");
+    assert!(
+        with_tools.get_ref().prompt_tokens > plain.get_ref().prompt_tokens + 20,
+        "{with_tools:?} vs {plain:?}"
+    );
+    let unusable = r##"{"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"$ref":"#/nowhere"}}}}"##;
+    let status = client
+        .count_tokens(count(unusable.into()))
+        .await
+        .expect_err("no grammar");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(param_of(&status), Some("response_format"));
 }
 
 #[tokio::test]

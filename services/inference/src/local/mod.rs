@@ -6,6 +6,7 @@
 
 mod gguf;
 mod sequence;
+mod structured;
 mod template;
 mod text;
 mod worker;
@@ -18,8 +19,10 @@ use futures::StreamExt;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
 use rungate_proto::inference::v1::{ChatMessage, GenerateRequest};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
 use crate::InferenceError;
@@ -119,12 +122,50 @@ impl Inner {
     }
 }
 
+/// What counting and generating both see: the output's shape and the
+/// exact prompt tokens (the tools' description among them).
+pub(super) struct Plan {
+    pub prompt: Vec<LlamaToken>,
+    pub shape: structured::Shape,
+}
+
+impl Inner {
+    pub(super) fn plan(
+        &self,
+        model: &str,
+        messages: &[ChatMessage],
+        extra_json: &str,
+    ) -> Result<Plan, InferenceError> {
+        let extra = refuse_unsupported(model, extra_json)?;
+        let shape = structured::Shape::from_request(&extra)?;
+        let prompt = self.prompt_tokens(&shape.messages(messages))?;
+        Ok(Plan { prompt, shape })
+    }
+
+    /// The sampler enforcing the shape's grammar, if it has one.
+    pub(super) fn grammar_sampler(
+        &self,
+        shape: &structured::Shape,
+    ) -> Result<Option<LlamaSampler>, InferenceError> {
+        let Some(grammar) = &shape.grammar else {
+            return Ok(None);
+        };
+        let param = if shape.tool_calls {
+            "tools"
+        } else {
+            "response_format"
+        };
+        LlamaSampler::grammar(&self.model, grammar, "root")
+            .map(Some)
+            .map_err(|error| InferenceError::InvalidArgument {
+                param,
+                message: format!("llama.cpp cannot use the grammar made from `{param}`: {error}"),
+            })
+    }
+}
+
 /// Request fields the local engine cannot honour: refused, never ignored.
 const UNSUPPORTED: &[&str] = &[
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
     "logprobs",
     "top_logprobs",
     "logit_bias",
@@ -235,8 +276,10 @@ impl LocalEngine {
         extra_json: &str,
         max_tokens: Option<u32>,
     ) -> Result<u32, InferenceError> {
-        refuse_unsupported(model, messages, extra_json)?;
-        let tokens = self.inner.prompt_tokens(messages)?.len();
+        let plan = self.inner.plan(model, messages, extra_json)?;
+        // A grammar llama.cpp cannot parse is refused here, before payment.
+        self.inner.grammar_sampler(&plan.shape)?;
+        let tokens = plan.prompt.len();
         self.inner.budget(tokens, max_tokens, 0)?;
         Ok(u32::try_from(tokens).unwrap_or(u32::MAX))
     }
@@ -246,7 +289,6 @@ impl LocalEngine {
         request: GenerateRequest,
         default_max_tokens: u32,
     ) -> Result<EventStream, InferenceError> {
-        refuse_unsupported(&request.model, &request.messages, &request.extra_json)?;
         // Admission: a bounded queue in front of the slots.
         if self.waiting.fetch_add(1, Ordering::AcqRel)
             >= self.max_queue + self.slots.available_permits()
@@ -287,41 +329,31 @@ impl LocalEngine {
     }
 }
 
-fn refuse_unsupported(
-    model: &str,
-    messages: &[ChatMessage],
-    extra_json: &str,
-) -> Result<(), InferenceError> {
-    if !extra_json.is_empty() {
-        let extra: serde_json::Map<String, Value> =
-            serde_json::from_str(extra_json).map_err(|_| InferenceError::InvalidArgument {
-                param: "extra_json",
-                message: "extra_json must be a JSON object".into(),
-            })?;
-        for (param, value) in &extra {
-            let harmless = value.is_null()
-                || (param.ends_with("_penalty") && value.as_f64() == Some(0.0))
-                || (param == "response_format" && value["type"] == "text")
-                || (param == "logprobs" && value == &Value::Bool(false));
-            if let Some(param) = UNSUPPORTED.iter().find(|p| **p == param.as_str())
-                && !harmless
-            {
-                return Err(InferenceError::InvalidArgument {
-                    param,
-                    message: format!(
-                        "`{param}` is not supported by the local engine serving `{model}`"
-                    ),
-                });
-            }
+/// The request's pass-through fields; those the engine cannot honour are
+/// refused.
+fn refuse_unsupported(model: &str, extra_json: &str) -> Result<Map<String, Value>, InferenceError> {
+    if extra_json.is_empty() {
+        return Ok(Map::new());
+    }
+    let extra: Map<String, Value> =
+        serde_json::from_str(extra_json).map_err(|_| InferenceError::InvalidArgument {
+            param: "extra_json",
+            message: "extra_json must be a JSON object".into(),
+        })?;
+    for (param, value) in &extra {
+        let harmless = value.is_null()
+            || (param.ends_with("_penalty") && value.as_f64() == Some(0.0))
+            || (param == "logprobs" && value == &Value::Bool(false));
+        if let Some(param) = UNSUPPORTED.iter().find(|p| **p == param.as_str())
+            && !harmless
+        {
+            return Err(InferenceError::InvalidArgument {
+                param,
+                message: format!(
+                    "`{param}` is not supported by the local engine serving `{model}`"
+                ),
+            });
         }
     }
-    if let Some(index) = messages.iter().position(|m| m.tool_calls_json.is_some()) {
-        return Err(InferenceError::InvalidArgument {
-            param: "messages",
-            message: format!(
-                "messages[{index}].tool_calls: tool calls are not supported by the local engine"
-            ),
-        });
-    }
-    Ok(())
+    Ok(extra)
 }

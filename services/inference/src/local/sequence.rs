@@ -11,7 +11,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use rungate_proto::inference::v1::{
-    FinishReason, Finished, GenerateEvent, GenerateRequest, Started, TextDelta,
+    FinishReason, Finished, GenerateEvent, GenerateRequest, Started, TextDelta, ToolCallDelta,
     generate_event::Event,
 };
 use rungate_proto::types::v1::TokenUsage;
@@ -19,6 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::Inner;
+use super::structured::{self, Answer};
 use super::text::{Scan, StopScanner, Utf8Stream};
 use crate::InferenceError;
 
@@ -31,6 +32,7 @@ pub(super) struct Prepared {
     sampler: LlamaSampler,
     stops: StopScanner,
     served_by: String,
+    tool_calls: bool,
 }
 
 impl Prepared {
@@ -39,26 +41,41 @@ impl Prepared {
         request: GenerateRequest,
         default_max_tokens: u32,
     ) -> Result<Self, InferenceError> {
-        let prompt = inner.prompt_tokens(&request.messages)?;
+        let plan = inner.plan(&request.model, &request.messages, &request.extra_json)?;
         let sampling = request.sampling.unwrap_or_default();
-        let max_tokens = inner.budget(prompt.len(), sampling.max_tokens, default_max_tokens)?;
+        let max_tokens =
+            inner.budget(plan.prompt.len(), sampling.max_tokens, default_max_tokens)?;
         let temperature = sampling.temperature.unwrap_or(inner.temperature);
-        let sampler = if temperature <= 0.0 {
-            LlamaSampler::greedy()
+        // The grammar first: the others choose among the tokens it allows.
+        let mut chain: Vec<LlamaSampler> =
+            inner.grammar_sampler(&plan.shape)?.into_iter().collect();
+        if temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
         } else {
             let seed = sampling.seed.map_or_else(rand_seed, |s| s as u32);
-            LlamaSampler::chain_simple([
+            chain.extend([
                 LlamaSampler::top_p(sampling.top_p.unwrap_or(1.0), 1),
                 LlamaSampler::temp(temperature),
                 LlamaSampler::dist(seed),
-            ])
+            ]);
+        }
+        let sampler = if chain.len() == 1 {
+            chain.remove(0)
+        } else {
+            LlamaSampler::chain_simple(chain)
         };
         Ok(Self {
-            prompt,
+            prompt: plan.prompt,
             max_tokens,
             sampler,
-            stops: StopScanner::new(sampling.stop),
+            // Stop sequences apply to text, not to a tool call's JSON.
+            stops: StopScanner::new(if plan.shape.tool_calls {
+                Vec::new()
+            } else {
+                sampling.stop
+            }),
             served_by: request.model,
+            tool_calls: plan.shape.tool_calls,
         })
     }
 }
@@ -79,6 +96,8 @@ pub(super) struct Sequence {
     piece: Vec<u8>,
     generated: u32,
     stopped_by_sequence: bool,
+    /// The output is tool-format JSON, held until the end and then parsed.
+    tool_output: Option<String>,
     /// Sampled and not yet evaluated: what the next batch step feeds in.
     pub next: Option<LlamaToken>,
     /// Events its caller's channel had no room for yet, in order.
@@ -115,6 +134,7 @@ impl Sequence {
             piece: Vec::with_capacity(16),
             generated: 0,
             stopped_by_sequence: false,
+            tool_output: prepared.tool_calls.then(String::new),
             next: None,
             outbox: VecDeque::new(),
             events,
@@ -160,13 +180,20 @@ impl Sequence {
         self.piece.clear();
         vocab.token_to_piece_into(token, &mut self.piece, false, None);
         let text = self.utf8.push(&self.piece);
+        if let Some(output) = &mut self.tool_output {
+            output.push_str(&text);
+            if self.generated == self.max_tokens {
+                self.finish(FinishReason::Length);
+            } else {
+                self.next = Some(token);
+            }
+            return;
+        }
         let (emit, stopped) = match self.stops.push(&text) {
             Scan::Emit(text) => (text, false),
             Scan::Stopped(text) => (text, true),
         };
-        if !emit.is_empty() {
-            self.delta(emit);
-        }
+        self.delta(emit);
         if stopped {
             self.stopped_by_sequence = true;
             self.finish(FinishReason::Stop);
@@ -178,6 +205,9 @@ impl Sequence {
     }
 
     fn delta(&mut self, text: String) {
+        if text.is_empty() {
+            return;
+        }
         self.outbox.push_back(event(Event::Delta(TextDelta {
             text,
             ..Default::default()
@@ -185,7 +215,10 @@ impl Sequence {
     }
 
     fn finish(&mut self, mut finish: FinishReason) {
-        if !self.stopped_by_sequence {
+        if let Some(mut output) = self.tool_output.take() {
+            output.push_str(&self.utf8.finish());
+            finish = self.tool_answer(output, finish);
+        } else if !self.stopped_by_sequence {
             // Release what was held back (unless it completes a stop).
             let tail = self.utf8.finish();
             let rest = match self.stops.push(&tail) {
@@ -195,9 +228,7 @@ impl Sequence {
                     text
                 }
             };
-            if !rest.is_empty() {
-                self.delta(rest);
-            }
+            self.delta(rest);
         }
         self.outbox.push_back(event(Event::Finished(Finished {
             finish_reason: finish as i32,
@@ -209,6 +240,39 @@ impl Sequence {
         })));
         self.next = None;
         self.done = true;
+    }
+
+    /// Events for a tool-format answer: its calls (each as a first fragment
+    /// with id and name, then its arguments) or its text; output the token
+    /// limit cut short goes out as the text it is.
+    fn tool_answer(&mut self, output: String, finish: FinishReason) -> FinishReason {
+        match structured::parse(&output) {
+            Some(Answer::Calls(calls)) => {
+                for (index, call) in calls.into_iter().enumerate() {
+                    let index = index as u32;
+                    self.outbox.push_back(event(Event::ToolCall(ToolCallDelta {
+                        index,
+                        id: format!("call_{}", uuid::Uuid::new_v4().simple()),
+                        name: call.name,
+                        arguments: String::new(),
+                    })));
+                    self.outbox.push_back(event(Event::ToolCall(ToolCallDelta {
+                        index,
+                        arguments: call.arguments,
+                        ..Default::default()
+                    })));
+                }
+                FinishReason::ToolCalls
+            }
+            Some(Answer::Text(text)) => {
+                self.delta(text);
+                finish
+            }
+            None => {
+                self.delta(output);
+                finish
+            }
+        }
     }
 
     /// Ends the call with an error.
