@@ -35,6 +35,10 @@ pub struct BodyLimits {
     pub timeout: std::time::Duration,
 }
 
+/// At most this much of a body announced over the limit is read before
+/// refusing it; a larger one gets its 413 and a closed connection.
+const DISCARD_BYTES: usize = 16 << 20;
+
 /// The whole body, or the right refusal: 413 when it is (or announces it
 /// will be) over the limit, decided from Content-Length before reading;
 /// 408 when it does not arrive in time; 400 when its framing is broken.
@@ -58,6 +62,10 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|length| length > limits.max_bytes as u64) {
+        // Take (and drop) what the client is still sending, within bounds,
+        // so that it finishes writing and reads the 413 rather than a
+        // broken pipe when the connection closes under it.
+        let _ = tokio::time::timeout(limits.timeout, discard(body, DISCARD_BYTES)).await;
         return Err(too_large());
     }
     let read = axum::body::to_bytes(body, limits.max_bytes);
@@ -82,6 +90,18 @@ async fn read_body(
                     format!("The request body could not be read: {error}."),
                 ))
             }
+        }
+    }
+}
+
+/// Reads a body to its end (or past `most` bytes) without keeping it.
+async fn discard(mut body: Body, most: usize) {
+    use http_body_util::BodyExt;
+    let mut seen = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, Bytes::len);
+        if seen > most {
+            return;
         }
     }
 }
