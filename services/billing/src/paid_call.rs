@@ -21,8 +21,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
+use tracing::field::Empty;
+
+use alloy_primitives::Address;
 
 use crate::calls::{Admission, BatchCall, Billing};
+use crate::chain::Chain;
 use crate::config::SettlementMode;
 use crate::payments::{Authorized, Payments};
 use crate::x402::batch::SCHEME as BATCH;
@@ -34,9 +38,15 @@ pub fn run(
     events: Streaming<PaidCallEvent>,
 ) -> impl Stream<Item = Result<PaidCallUpdate, Status>> {
     let (updates, out) = mpsc::channel(4);
-    // The call's span (and its trace, from the edge) follows it into the task,
-    // so the ledger writes it makes carry the same trace.
-    let span = tracing::Span::current();
+    // The call's span (in the edge's trace) follows it into the task, so
+    // the ledger writes it makes carry the same trace.
+    let span = tracing::info_span!(
+        "x402 paid call",
+        x402.scheme = Empty,
+        x402.network = Empty,
+        x402.payer = Empty,
+        x402.amount = Empty,
+    );
     tokio::spawn(
         async move {
             if let Err(status) = drive(&api, events, &updates).await {
@@ -46,6 +56,19 @@ pub fn run(
         .instrument(span),
     );
     ReceiverStream::new(out)
+}
+
+/// The payment on the call's span: who pays, on which network, how.
+fn trace_payment(scheme: &'static str, chain: &Chain, payer: &Address) {
+    let span = tracing::Span::current();
+    span.record("x402.scheme", scheme);
+    span.record("x402.network", chain.network.network.as_str());
+    span.record("x402.payer", tracing::field::display(payer));
+}
+
+/// What the served call was charged, in atomic units.
+fn trace_charge(atomic: u128) {
+    tracing::Span::current().record("x402.amount", tracing::field::display(atomic));
 }
 
 type Updates = mpsc::Sender<Result<PaidCallUpdate, Status>>;
@@ -129,10 +152,12 @@ async fn drive(
         None => return Ok(()),
         Some(Admission::Batch(call)) => {
             crate::metrics::authorized(BATCH);
+            trace_payment(BATCH, &call.chain, &call.reserved.payer);
             return batch(api, &open, call, events, updates).await;
         }
         Some(Admission::Exact(authorized)) => {
             crate::metrics::authorized(EXACT);
+            trace_payment(EXACT, &authorized.chain, &authorized.payer);
             authorized
         }
     };
@@ -232,6 +257,7 @@ impl Call<'_> {
             })
             .await?;
         crate::metrics::earned(EXACT, self.authorized.amount);
+        trace_charge(self.authorized.amount);
         Ok(())
     }
 
@@ -316,6 +342,7 @@ async fn batch(
                 let usage = usage(&completed, charge);
                 channels.complete(reserved, charge, usage);
                 crate::metrics::earned(BATCH, charge);
+                trace_charge(charge);
             }
             End::NotServed(why) => {
                 tracing::info!(request_id = %open.request_id, %why, "voucher-paid call not served; channel released");
@@ -340,6 +367,7 @@ async fn batch(
             let usage = usage(&completed, charge);
             let snapshot = channels.complete(reserved, charge, usage);
             crate::metrics::earned(BATCH, charge);
+            trace_charge(charge);
             send(updates, Update::Settled(settled(charge, &snapshot))).await;
         }
         End::NotServed(why) => {

@@ -31,6 +31,23 @@ pub enum InferenceError {
     UpstreamRejected { status: u16, message: String },
 }
 
+impl InferenceError {
+    /// A short, stable name for the kind of failure (traces' `error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InferenceError::Config(_) => "config",
+            InferenceError::UnknownModel(_) => "unknown_model",
+            InferenceError::InvalidArgument { .. } => "invalid_argument",
+            InferenceError::Overloaded(_) => "overloaded",
+            InferenceError::Engine(_) => "engine",
+            InferenceError::UpstreamUnavailable(_) => "upstream_unavailable",
+            InferenceError::UpstreamTimeout(_) => "upstream_timeout",
+            InferenceError::UpstreamProtocol(_) => "upstream_protocol",
+            InferenceError::UpstreamRejected { .. } => "upstream_rejected",
+        }
+    }
+}
+
 impl From<InferenceError> for Status {
     fn from(error: InferenceError) -> Self {
         let code = match &error {

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+mod genai;
 pub mod local;
 pub mod registry;
 mod service;

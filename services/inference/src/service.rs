@@ -8,6 +8,7 @@ use rungate_proto::inference::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::engine::EventStream;
+use crate::genai;
 use crate::registry::Registry;
 
 pub struct InferenceApi {
@@ -25,21 +26,26 @@ impl InferenceService for InferenceApi {
     type GenerateStream =
         std::pin::Pin<Box<dyn futures::Stream<Item = Result<GenerateEvent, Status>> + Send>>;
 
-    #[tracing::instrument(skip_all, fields(request_id = %request.get_ref().request_id, model = %request.get_ref().model))]
     async fn generate(
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         use futures::StreamExt;
+        use tracing::Instrument;
         let request = request.into_inner();
         let served = self.registry.get(&request.model)?;
+        // Lives as long as the stream: it ends with the generation.
+        let span = genai::span(&request, &served.model);
         let events: EventStream = served
             .engine
             .generate(request, served.model.default_max_tokens)
-            .await?;
-        Ok(Response::new(Box::pin(
-            events.map(|event| event.map_err(Status::from)),
-        )))
+            .instrument(span.clone())
+            .await
+            .inspect_err(|error| genai::failed(&span, error))?;
+        Ok(Response::new(Box::pin(events.map(move |event| {
+            genai::record(&span, &event);
+            event.map_err(Status::from)
+        }))))
     }
 
     async fn list_models(
