@@ -57,10 +57,11 @@ def wait_for_line(log, prefix, timeout=30):
 
 
 class Cluster:
-    """A running `cargo xtask dev`: its edge, dev chain and billing URLs."""
+    """A running `cargo xtask dev`: its edge, dev chain and services' URLs."""
 
-    def __init__(self, edge_url, chain_url, billing_url, log=()):
+    def __init__(self, edge_url, chain_url, billing_url, log=(), inference_url="", ledger_url=""):
         self.edge_url, self.chain_url, self.billing_url = edge_url, chain_url, billing_url
+        self.inference_url, self.ledger_url = inference_url, ledger_url
         self.log = log  # what `cargo xtask dev` printed (filled as it runs)
 
 
@@ -81,8 +82,10 @@ def run_cluster(*extra):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
-        billing = wait_for_line(log, "billing (gRPC)").split()[-1]
-        yield Cluster(url, f"http://127.0.0.1:{chain_port}", f"http://{billing}", log)
+        billing, inference, ledger = (wait_for_line(log, f"{name} (gRPC)").split()[-1]
+                                      for name in ("billing", "inference", "ledger"))
+        yield Cluster(url, f"http://127.0.0.1:{chain_port}", f"http://{billing}", log,
+                      f"http://{inference}", f"http://{ledger}")
     except BaseException:
         sys.stderr.write("".join(log[-200:]))
         raise
@@ -105,6 +108,8 @@ def cluster():
             os.environ["RUNGATE_EDGE_URL"],
             os.environ.get("RUNGATE_CHAIN_URL", "http://127.0.0.1:8545"),
             os.environ.get("RUNGATE_BILLING_URL", ""),
+            inference_url=os.environ.get("RUNGATE_INFERENCE_URL", ""),
+            ledger_url=os.environ.get("RUNGATE_LEDGER_URL", ""),
         )
         return
     yield from run_cluster("--claim-interval", "30m")

@@ -1,7 +1,9 @@
-"""What an operator watches: billing's Prometheus metrics (`GET /metrics` on
-billing's port) show the settlement backlog growing while the chain does not
-mine, how old its oldest call is, and the backlog draining once it does,
-with every call counted as settled."""
+"""What an operator watches: every service's Prometheus metrics (`GET
+/metrics` on its port; the edge's public one). Billing's show the settlement
+backlog growing while the chain does not mine, how old its oldest call is,
+and the backlog draining once it does, with every call counted as settled;
+the edge's the requests and GenAI metrics and the overhead RunGate adds;
+inference's its engines' queues; the ledger's its group commits."""
 import time
 import urllib.request
 
@@ -25,10 +27,10 @@ def scrape(billing_url):
     return content_type, text, series
 
 
-def wait_for(billing_url, check, timeout):
+def wait_for(url, check, timeout):
     deadline = time.time() + timeout
     while True:
-        _, _, series = scrape(billing_url)
+        _, _, series = scrape(url)
         if check(series):
             return series
         assert time.time() < deadline, series
@@ -112,3 +114,34 @@ def test_billing_counts_payments_by_scheme_and_what_they_earned(cluster, client)
         time.sleep(0.1)
     after = wait_for(cluster.billing_url, lambda s: s.get(earned, 0) >= before.get(earned, 0) + charged, timeout=30)
     assert after[authorized] >= before.get(authorized, 0) + 1
+
+
+def test_every_service_serves_its_own_metrics_after_a_paid_call(cluster, client):
+    _, _, edge_before = scrape(cluster.edge_url)
+    overhead = "rungate_overhead_seconds_count"
+    served = labelled(edge_before, overhead, gen_ai_request_model=MODEL) or [0]
+    client.chat.completions.create(model=MODEL, max_tokens=4, temperature=0,
+                                   messages=[{"role": "user", "content": "Hi"}])
+
+    # The edge: what RunGate added to the call (its whole time less the engine's).
+    edge = wait_for(cluster.edge_url,
+                    lambda s: (labelled(s, overhead, gen_ai_request_model=MODEL) or [0])[0] >= served[0] + 1, 10)
+    [added] = labelled(edge, "rungate_overhead_seconds_sum", gen_ai_request_model=MODEL)
+    [total] = labelled(edge, "gen_ai_server_request_duration_sum", gen_ai_request_model=MODEL)
+    assert 0 < added < total
+
+    # Inference: the local engine's queue and slots, empty again after the call.
+    inference = wait_for(cluster.inference_url,
+                         lambda s: labelled(s, "rungate_engine_running", gen_ai_request_model=MODEL) == [0], 10)
+    assert labelled(inference, "rungate_engine_queue_depth", gen_ai_request_model=MODEL) == [0]
+
+    # The ledger: its group commits, how many records each held and how long it took.
+    _, _, ledger = scrape(cluster.ledger_url)
+    [commits] = labelled(ledger, "rungate_ledger_commit_records_count", outcome="committed")
+    [records] = labelled(ledger, "rungate_ledger_commit_records_sum", outcome="committed")
+    [timed] = labelled(ledger, "rungate_ledger_commit_duration_seconds_count", outcome="committed")
+    assert records >= commits == timed >= 1
+
+    # Billing: the gas its settlement transactions cost, once the call settles.
+    wait_for(cluster.billing_url,
+             lambda s: labelled(s, "rungate_gas_spent_gwei_total", network="eip155:8453") > [0], 90)

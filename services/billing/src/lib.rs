@@ -83,13 +83,14 @@ pub async fn serve(
     let billing = Arc::new(calls::Billing::new(prices, payments, channels));
     let grpc = service::BillingGrpc { billing, claims };
     let grpc = BillingServiceServer::new(grpc);
-    // The x402 facilitator API (HTTP/1.1 JSON) and the Prometheus metrics
-    // share the port with gRPC.
-    let http = match payments_handle {
-        Some(payments) => facilitator::router(payments).merge(metrics::router()),
-        None => metrics::router(),
-    };
-    let routes = tonic::service::Routes::from(http).add_service(grpc);
+    // The x402 facilitator API (HTTP/1.1 JSON) shares the port with gRPC
+    // (and `/metrics`).
+    metrics::describe();
+    let routes = match payments_handle {
+        Some(payments) => tonic::service::Routes::from(facilitator::router(payments)),
+        None => tonic::service::Routes::default(),
+    }
+    .add_service(grpc);
     rungate_common::grpc::serve(
         listener,
         routes,

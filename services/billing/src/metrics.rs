@@ -1,12 +1,10 @@
-//! Billing's Prometheus metrics, served at `GET /metrics` on its port: the
+//! Billing's Prometheus metrics (served at `GET /metrics` on its port): the
 //! `exact` settlement backlog (served calls not yet settled), how old the
 //! oldest of them is and how long until the earliest runs out, what the
 //! worker settles, and the payments refused because settlement is behind.
 
 use std::sync::OnceLock;
 
-use axum::http::header::CONTENT_TYPE;
-use metrics_exporter_prometheus::PrometheusHandle;
 use rungate_proto::ledger::v1::SettlementBacklogResponse;
 
 pub const BACKLOG: &str = "rungate_settlement_backlog";
@@ -17,18 +15,18 @@ pub const SETTLEMENTS: &str = "rungate_settlements_total";
 pub const REFUSED: &str = "rungate_payments_refused_total";
 pub const AUTHORIZED: &str = "rungate_payments_authorized_total";
 pub const EARNED: &str = "rungate_earned_total";
+pub const GAS: &str = "rungate_gas_spent_gwei_total";
 
-/// The process's recorder (shared through rungate-common), with billing's
-/// metrics described once.
-fn handle() -> PrometheusHandle {
+/// Billing's metrics described, once per process.
+pub fn describe() {
     static DESCRIBED: OnceLock<()> = OnceLock::new();
-    let handle = rungate_common::metrics::handle();
-    DESCRIBED.get_or_init(describe);
-    handle
+    DESCRIBED.get_or_init(describe_all);
 }
 
-fn describe() {
+fn describe_all() {
     use metrics::{Unit, describe_counter, describe_gauge};
+    // The recorder first: descriptions given before it exists are lost.
+    rungate_common::metrics::handle();
     describe_gauge!(BACKLOG, "Served exact calls not yet settled on chain.");
     describe_gauge!(
         OLDEST_AGE,
@@ -48,29 +46,16 @@ fn describe() {
         SETTLEMENTS,
         "exact settlements by outcome (settled, expired, failed)."
     );
+    describe_counter!(
+        GAS,
+        "Gas our mined transactions cost, in gwei of the chain's native token."
+    );
     describe_counter!(REFUSED, "Payments refused before serving, by reason.");
     describe_counter!(AUTHORIZED, "Payments accepted for a call, by scheme.");
     describe_counter!(
         EARNED,
         "Charged for served calls, in atomic units of the asset, by scheme."
     );
-}
-
-/// `GET /metrics`: the Prometheus text format.
-pub fn router() -> axum::Router {
-    let handle = handle();
-    axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let text = handle.render();
-            async move {
-                (
-                    [(CONTENT_TYPE, rungate_common::metrics::CONTENT_TYPE)],
-                    text,
-                )
-            }
-        }),
-    )
 }
 
 /// What the worker read of the backlog, at `now` (unix seconds).
@@ -100,6 +85,14 @@ pub fn refused(reason: &'static str) {
 /// A payment accepted for a call: `exact` or `batch-settlement`.
 pub fn authorized(scheme: &'static str) {
     metrics::counter!(AUTHORIZED, "scheme" => scheme).increment(1);
+}
+
+/// Gas a mined transaction of ours cost (settlements, claims, sweeps,
+/// deposits and refunds submitted as facilitator), counted in gwei (a u64
+/// of wei would overflow after 18 ETH).
+pub fn gas_spent(network: &str, wei: u128) {
+    let gwei = u64::try_from(wei / 1_000_000_000).unwrap_or(u64::MAX);
+    metrics::counter!(GAS, "network" => network.to_owned()).increment(gwei);
 }
 
 /// A served call's charge, in atomic units, recorded with its usage.

@@ -53,7 +53,7 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(rungate_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let routes = routes
+    let routes = Routes::from(routes.into_axum_router().merge(crate::metrics::router()))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
@@ -62,7 +62,7 @@ pub async fn serve(
     let deadline = CancellationToken::new();
     let cut_off = deadline.clone();
     let server = Server::builder()
-        // HTTP/1.1 too: billing serves the x402 facilitator's JSON API here.
+        // HTTP/1.1 too: `/metrics`, and billing's x402 facilitator JSON API.
         .accept_http1(true)
         .layer(
             TraceLayer::new_for_grpc()

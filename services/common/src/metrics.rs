@@ -17,11 +17,36 @@ pub const GENAI_TIME_PER_OUTPUT_TOKEN: &str = "gen_ai.server.time_per_output_tok
 /// Tokens per call, `gen_ai.token.type` = input | output.
 pub const GENAI_TOKEN_USAGE: &str = "gen_ai.client.token.usage";
 
+/// What RunGate adds to a served call: its whole time (arrival to the
+/// answer's end) less the engine's (its Generate call to `Finished`),
+/// seconds, per model. Payment checks and billing's acknowledgement are in it.
+pub const OVERHEAD: &str = "rungate_overhead_seconds";
+
 /// The content type of `render`'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
+/// `GET /metrics` in the Prometheus text format: every service serves it on
+/// its own port (HTTP/1.1 next to gRPC), the edge on its public one.
+/// Installs the recorder now, so that nothing recorded before the first
+/// scrape is lost.
+pub fn router() -> axum::Router {
+    handle();
+    axum::Router::new().route("/metrics", axum::routing::get(scrape))
+}
+
+/// The `/metrics` handler.
+pub async fn scrape() -> impl axum::response::IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, CONTENT_TYPE)],
+        handle().render(),
+    )
+}
+
 const SECONDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+const COUNTS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 const TOKENS: &[f64] = &[
     1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
@@ -47,6 +72,8 @@ pub fn handle() -> PrometheusHandle {
 fn builder() -> PrometheusBuilder {
     let buckets = [
         (Matcher::Suffix("duration".into()), SECONDS),
+        (Matcher::Suffix("_seconds".into()), SECONDS),
+        (Matcher::Suffix("_records".into()), COUNTS),
         (Matcher::Full(GENAI_TIME_TO_FIRST_TOKEN.into()), SECONDS),
         (Matcher::Full(GENAI_TIME_PER_OUTPUT_TOKEN.into()), SECONDS),
         (Matcher::Full(GENAI_TOKEN_USAGE.into()), TOKENS),
@@ -81,6 +108,11 @@ fn describe() {
         GENAI_TIME_PER_OUTPUT_TOKEN,
         Unit::Seconds,
         "Decode time per output token after the first."
+    );
+    describe_histogram!(
+        OVERHEAD,
+        Unit::Seconds,
+        "What RunGate adds to a served call: its whole time less the engine's."
     );
     describe_histogram!(
         GENAI_TOKEN_USAGE,

@@ -7,29 +7,12 @@ use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use http::header::CONTENT_TYPE;
+use axum::response::Response;
 use rungate_common::metrics::{
     GENAI_REQUEST_DURATION, GENAI_TIME_PER_OUTPUT_TOKEN, GENAI_TIME_TO_FIRST_TOKEN,
-    GENAI_TOKEN_USAGE, HTTP_REQUEST_DURATION,
+    GENAI_TOKEN_USAGE, HTTP_REQUEST_DURATION, OVERHEAD,
 };
 use rungate_proto::types::v1::TokenUsage;
-
-/// `GET /metrics`. Installs the recorder now, so that nothing recorded
-/// before the first scrape is lost.
-pub fn route() -> axum::routing::MethodRouter<crate::state::AppState> {
-    let handle = rungate_common::metrics::handle();
-    axum::routing::get(move || {
-        let text = handle.render();
-        async move {
-            (
-                [(CONTENT_TYPE, rungate_common::metrics::CONTENT_TYPE)],
-                text,
-            )
-                .into_response()
-        }
-    })
-}
 
 /// Middleware: one duration sample per request, to its response headers.
 pub async fn track(request: Request, next: Next) -> Response {
@@ -50,11 +33,15 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-/// When a generation began and produced its first token.
-#[derive(Clone, Copy)]
+/// When a call arrived, its engine call began, and its first token came.
+/// Dropped when the answer is done (or abandoned): then it records the
+/// overhead RunGate added, the call's whole time less the engine's.
 pub struct Timing {
     pub arrived: Instant,
     pub first_token: Option<Instant>,
+    engine_started: Option<Instant>,
+    /// The engine's time and the model, once the generation finished.
+    engine: Option<(std::time::Duration, String)>,
 }
 
 impl Timing {
@@ -62,7 +49,14 @@ impl Timing {
         Self {
             arrived,
             first_token: None,
+            engine_started: None,
+            engine: None,
         }
+    }
+
+    /// The engine call is about to be made.
+    pub fn engine_started(&mut self) {
+        self.engine_started = Some(Instant::now());
     }
 
     pub fn token(&mut self) {
@@ -70,12 +64,15 @@ impl Timing {
     }
 
     /// A generation ended with `usage`.
-    pub fn finished(&self, model: &str, usage: TokenUsage) {
+    pub fn finished(&mut self, model: &str, usage: TokenUsage) {
         let labels = [
             ("gen_ai.operation.name", "chat".to_owned()),
             ("gen_ai.request.model", model.to_owned()),
         ];
         let now = Instant::now();
+        if let Some(started) = self.engine_started {
+            self.engine = Some((now - started, model.to_owned()));
+        }
         metrics::histogram!(GENAI_REQUEST_DURATION, &labels).record(now - self.arrived);
         if let Some(first) = self.first_token {
             metrics::histogram!(GENAI_TIME_TO_FIRST_TOKEN, &labels).record(first - self.arrived);
@@ -91,6 +88,16 @@ impl Timing {
             let [operation, model] = labels.clone();
             let labels = [operation, model, ("gen_ai.token.type", kind.to_owned())];
             metrics::histogram!(GENAI_TOKEN_USAGE, &labels).record(f64::from(tokens));
+        }
+    }
+}
+
+impl Drop for Timing {
+    fn drop(&mut self) {
+        if let Some((engine, model)) = self.engine.take() {
+            let total = self.arrived.elapsed();
+            metrics::histogram!(OVERHEAD, "gen_ai.request.model" => model)
+                .record(total.saturating_sub(engine));
         }
     }
 }

@@ -225,6 +225,10 @@ async fn attempt_batch(
     Ok(acks)
 }
 
+/// Seconds per group commit (retries included) and records per commit.
+pub const COMMIT_DURATION: &str = "rungate_ledger_commit_duration_seconds";
+pub const COMMIT_RECORDS: &str = "rungate_ledger_commit_records";
+
 /// Deadlocks between lanes (two batches waiting on each other's unique keys,
 /// e.g. a replayed nonce) abort one transaction; nothing in it was acked, so
 /// the batch is simply run again.
@@ -235,6 +239,8 @@ async fn commit(
     batch: &mut Vec<Job>,
     known_accounts: &mut std::collections::HashSet<String>,
 ) {
+    let started = std::time::Instant::now();
+    let records = batch.len();
     let mut attempt = 0;
     let mut careful = false;
     let outcome = loop {
@@ -249,6 +255,13 @@ async fn commit(
             Err(Stop::Database(error)) => break Err(error),
         }
     };
+    let result = if outcome.is_ok() {
+        "committed"
+    } else {
+        "failed"
+    };
+    metrics::histogram!(COMMIT_DURATION, "outcome" => result).record(started.elapsed());
+    metrics::histogram!(COMMIT_RECORDS, "outcome" => result).record(records as f64);
     match outcome {
         Ok(acks) => {
             for (job, ack) in batch.drain(..).zip(acks) {

@@ -31,6 +31,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    describe_metrics();
     let pool = db::connect(&config).await?;
     if config.migrate {
         db::migrate(&pool).await?;
@@ -58,4 +59,18 @@ pub async fn serve(
     committer.close().await;
     pool.close().await;
     Ok(())
+}
+
+fn describe_metrics() {
+    use metrics::{Unit, describe_histogram};
+    rungate_common::metrics::handle();
+    describe_histogram!(
+        committer::COMMIT_DURATION,
+        Unit::Seconds,
+        "Group commits of ledger writes, retries included, by outcome."
+    );
+    describe_histogram!(
+        committer::COMMIT_RECORDS,
+        "Records per group commit, by outcome."
+    );
 }

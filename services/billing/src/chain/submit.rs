@@ -137,7 +137,12 @@ impl Chain {
         let mut pause = Duration::from_millis(10);
         loop {
             match self.provider.get_transaction_receipt(hash).await {
-                Ok(Some(receipt)) => return Ok(Some(receipt)),
+                Ok(Some(receipt)) => {
+                    let wei =
+                        u128::from(receipt.gas_used).saturating_mul(receipt.effective_gas_price);
+                    crate::metrics::gas_spent(&self.network.network, wei);
+                    return Ok(Some(receipt));
+                }
                 Ok(None) => {}
                 Err(error) => tracing::debug!(%error, %hash, "receipt poll failed"),
             }

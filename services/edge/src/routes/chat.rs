@@ -62,10 +62,13 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|length| length > limits.max_bytes as u64) {
-        // Take (and drop) what the client is still sending, within bounds,
-        // so that it finishes writing and reads the 413 rather than a
-        // broken pipe when the connection closes under it.
-        let _ = tokio::time::timeout(limits.timeout, discard(body, DISCARD_BYTES)).await;
+        // Answered at once; what the client is still sending is read (and
+        // dropped) behind the answer, within bounds, so that it finishes
+        // writing and reads the 413 rather than a broken pipe.
+        tokio::spawn(tokio::time::timeout(
+            limits.timeout,
+            discard(body, DISCARD_BYTES),
+        ));
         return Err(too_large());
     }
     let read = axum::body::to_bytes(body, limits.max_bytes);
@@ -128,7 +131,7 @@ pub async fn completions(
     request: Request,
     body_limits: BodyLimits,
 ) -> Result<Response, ApiError> {
-    let timing = Timing::new(std::time::Instant::now());
+    let mut timing = Timing::new(std::time::Instant::now());
     let (parts, body) = request.into_parts();
     let bytes = read_body(&parts.headers, body, body_limits).await?;
     let chat = ChatRequest::parse(&bytes)?;
@@ -163,6 +166,7 @@ pub async fn completions(
     // Errors before the first token (unknown model, refused fields, engine
     // overloaded) arrive here and become proper HTTP statuses.
     let deadline = state.deadlines.generate;
+    timing.engine_started();
     let events = within(
         deadline,
         state
@@ -223,7 +227,7 @@ struct Call {
 }
 
 impl Call {
-    fn finished(&self, finished: &Finished) {
+    fn finished(&mut self, finished: &Finished) {
         self.timing
             .finished(&self.model, finished.usage.unwrap_or_default());
         let Some(recorder) = &self.usage else {

@@ -13,6 +13,8 @@ use crate::Config;
 use crate::state::AppState;
 
 pub fn router(state: AppState, config: &Config) -> Router {
+    // The recorder now: nothing recorded before the first scrape is lost.
+    rungate_common::metrics::handle();
     let body = chat::BodyLimits {
         max_bytes: config.max_body_bytes,
         timeout: config.body_timeout,
@@ -34,7 +36,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
             crate::shed::shed,
         ));
     api.route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", crate::metrics::route())
+        .route("/metrics", get(rungate_common::metrics::scrape))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(cors())

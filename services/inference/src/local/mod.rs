@@ -60,6 +60,31 @@ pub struct EngineMetrics {
     pub decode_step_tokens: AtomicU64,
 }
 
+/// What an operator scrapes of one model's engine (Prometheus gauges).
+pub(crate) struct Gauges {
+    /// Calls waiting for a slot.
+    waiting: metrics::Gauge,
+    /// Calls in a slot (evaluating their prompt or generating).
+    pub(crate) running: metrics::Gauge,
+}
+
+pub const QUEUE_DEPTH: &str = "rungate_engine_queue_depth";
+pub const RUNNING: &str = "rungate_engine_running";
+
+impl Gauges {
+    fn new(model: &str) -> Self {
+        // The recorder first: handles taken before it exists record nothing.
+        rungate_common::metrics::handle();
+        metrics::describe_gauge!(QUEUE_DEPTH, "Calls waiting for a slot of a local model.");
+        metrics::describe_gauge!(RUNNING, "Calls in a slot of a local model.");
+        let label = || [("gen_ai.request.model", model.to_owned())];
+        Self {
+            waiting: metrics::gauge!(QUEUE_DEPTH, &label()),
+            running: metrics::gauge!(RUNNING, &label()),
+        }
+    }
+}
+
 pub struct LocalEngine {
     inner: Arc<Inner>,
     /// To the engine thread; it ends when this is dropped.
@@ -80,6 +105,7 @@ pub(crate) struct Inner {
     flash_attention: bool,
     temperature: f32,
     metrics: Arc<EngineMetrics>,
+    gauges: Gauges,
 }
 
 impl Inner {
@@ -230,6 +256,7 @@ impl LocalEngine {
             flash_attention: entry.flash_attention,
             temperature: entry.temperature.unwrap_or(1.0),
             metrics: Arc::new(EngineMetrics::default()),
+            gauges: Gauges::new(public_id),
         });
         let slots = entry.max_concurrent.max(1);
         if slots > worker::CHUNK {
@@ -298,8 +325,11 @@ impl LocalEngine {
                 "the local engine's queue is full; retry shortly".into(),
             ));
         }
+        let gauges = &self.inner.gauges;
+        gauges.waiting.increment(1.0);
         let slot = self.slots.clone().acquire_owned().await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
+        gauges.waiting.decrement(1.0);
         let slot = slot.map_err(|_| InferenceError::Overloaded("engine shutting down".into()))?;
 
         let (events, mut rx) = tokio::sync::mpsc::channel(64);

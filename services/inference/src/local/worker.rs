@@ -155,6 +155,7 @@ impl<'m> Batcher<'m> {
             .prompt_tokens_reused
             .fetch_add(reused as u64, Ordering::Relaxed);
         metrics.running.fetch_add(1, Ordering::Relaxed);
+        self.inner.gauges.running.increment(1.0);
         self.running
             .push(Sequence::new(prepared, slot, reused, events, permit));
     }
@@ -334,6 +335,7 @@ impl<'m> Batcher<'m> {
             }
             self.slots[sequence.slot].busy = false;
             self.inner.metrics.running.fetch_sub(1, Ordering::Relaxed);
+            self.inner.gauges.running.decrement(1.0);
         }
     }
 
