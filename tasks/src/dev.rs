@@ -41,6 +41,10 @@ pub struct DevArgs {
     /// billing's own facilitator API over HTTP, as an external one would be.
     #[arg(long)]
     facilitator_url: Option<String>,
+    /// Processes of each service (edge, billing, inference, ledger), all on
+    /// one Postgres; each edge balances over every replica of the others.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    replicas: u16,
 }
 
 impl DevArgs {
@@ -55,6 +59,7 @@ impl DevArgs {
             free: false,
             facilitator_url: None,
             claim_interval: "60s".into(),
+            replicas: 1,
         }
     }
 }
@@ -134,14 +139,16 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 
     eprintln!("starting Postgres…");
     let mut postgres = Postgres::start(true)?;
-    let ports = [free_port()?, free_port()?, free_port()?];
-    let edge_port = if args.port == 0 {
-        free_port()?
-    } else {
-        args.port
-    };
-    let [ledger_port, billing_port, inference_port] = ports;
+    let n = usize::from(args.replicas);
+    let ports = |n: usize| (0..n).map(|_| free_port()).collect::<Result<Vec<_>, _>>();
+    let (ledger_ports, billing_ports, inference_ports) = (ports(n)?, ports(n)?, ports(n)?);
+    let mut edge_ports = ports(n)?;
+    if args.port != 0 {
+        edge_ports[0] = args.port;
+    }
     let url = |port: u16| format!("http://127.0.0.1:{port}");
+    // Every replica of a service, as the balanced channels take them.
+    let urls = |ports: &[u16]| ports.iter().map(|p| url(*p)).collect::<Vec<_>>().join(",");
     let common =
         |listen_var: &'static str, port: u16| vec![(listen_var, format!("127.0.0.1:{port}"))];
 
@@ -153,59 +160,71 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let chain_url = url(chain_port);
     let mut services = Vec::new();
     let started = (|| -> anyhow::Result<()> {
-        let mut env = common("RUNGATE_LEDGER_LISTEN", ledger_port);
-        env.push(("DATABASE_URL", postgres.url.clone()));
-        services.push(spawn(&bin, "rungate-ledger", &env)?);
-
-        let mut env = common("RUNGATE_BILLING_LISTEN", billing_port);
-        env.push((
-            "RUNGATE_PRICES_FILE",
-            args.prices_file.display().to_string(),
-        ));
-        env.push(("RUNGATE_LEDGER_URL", url(ledger_port)));
-        env.push((
-            "RUNGATE_NETWORKS",
-            rungate_tests::chain::networks_toml(&chain_url),
-        ));
-        env.push((
-            "RUNGATE_SETTLEMENT_KEY",
-            rungate_tests::chain::SETTLER_KEY.into(),
-        ));
-        env.push((
-            "RUNGATE_RECEIVER_AUTHORIZER_KEY",
-            rungate_tests::chain::RECEIVER_AUTHORIZER_KEY.into(),
-        ));
-        env.push(("RUNGATE_SETTLEMENT", args.settlement.clone()));
-        env.push(("RUNGATE_CLAIM_INTERVAL", args.claim_interval.clone()));
-        match args.facilitator_url.as_deref() {
-            Some("self") => env.push(("RUNGATE_FACILITATOR_URL", url(billing_port))),
-            Some(other) => env.push(("RUNGATE_FACILITATOR_URL", other.to_owned())),
-            None => {}
+        for &port in &ledger_ports {
+            let mut env = common("RUNGATE_LEDGER_LISTEN", port);
+            env.push(("DATABASE_URL", postgres.url.clone()));
+            services.push(spawn(&bin, "rungate-ledger", &env)?);
         }
-        services.push(spawn(&bin, "rungate-billing", &env)?);
 
-        let mut env = common("RUNGATE_INFERENCE_LISTEN", inference_port);
-        env.push((
-            "RUNGATE_MODELS_FILE",
-            args.models_file.display().to_string(),
-        ));
-        services.push(spawn(&bin, "rungate-inference", &env)?);
-
-        let mut env = common("RUNGATE_EDGE_LISTEN", edge_port);
-        env.push(("RUNGATE_INFERENCE_URL", url(inference_port)));
-        env.push(("RUNGATE_LEDGER_URL", url(ledger_port)));
-        env.push(("RUNGATE_BILLING_URL", url(billing_port)));
-        if args.free {
-            env.push(("RUNGATE_FREE_MODE", "true".into()));
+        for (replica, &port) in billing_ports.iter().enumerate() {
+            let mut env = common("RUNGATE_BILLING_LISTEN", port);
+            env.push((
+                "RUNGATE_PRICES_FILE",
+                args.prices_file.display().to_string(),
+            ));
+            env.push(("RUNGATE_LEDGER_URL", urls(&ledger_ports)));
+            env.push((
+                "RUNGATE_NETWORKS",
+                rungate_tests::chain::networks_toml(&chain_url),
+            ));
+            env.push((
+                "RUNGATE_SETTLEMENT_KEY",
+                rungate_tests::chain::SETTLER_KEY.into(),
+            ));
+            env.push((
+                "RUNGATE_RECEIVER_AUTHORIZER_KEY",
+                rungate_tests::chain::RECEIVER_AUTHORIZER_KEY.into(),
+            ));
+            env.push(("RUNGATE_SETTLEMENT", args.settlement.clone()));
+            env.push(("RUNGATE_CLAIM_INTERVAL", args.claim_interval.clone()));
+            env.push(("RUNGATE_BILLING_REPLICA", replica.to_string()));
+            env.push(("RUNGATE_BILLING_REPLICAS", n.to_string()));
+            match args.facilitator_url.as_deref() {
+                Some("self") => env.push(("RUNGATE_FACILITATOR_URL", url(port))),
+                Some(other) => env.push(("RUNGATE_FACILITATOR_URL", other.to_owned())),
+                None => {}
+            }
+            services.push(spawn(&bin, "rungate-billing", &env)?);
         }
-        services.push(spawn(&bin, "rungate-edge", &env)?);
+
+        for &port in &inference_ports {
+            let mut env = common("RUNGATE_INFERENCE_LISTEN", port);
+            env.push((
+                "RUNGATE_MODELS_FILE",
+                args.models_file.display().to_string(),
+            ));
+            services.push(spawn(&bin, "rungate-inference", &env)?);
+        }
+
+        for &port in &edge_ports {
+            let mut env = common("RUNGATE_EDGE_LISTEN", port);
+            env.push(("RUNGATE_INFERENCE_URL", urls(&inference_ports)));
+            env.push(("RUNGATE_LEDGER_URL", urls(&ledger_ports)));
+            // In replica order: billing names a channel's replica by its place here.
+            env.push(("RUNGATE_BILLING_URL", urls(&billing_ports)));
+            if args.free {
+                env.push(("RUNGATE_FREE_MODE", "true".into()));
+            }
+            services.push(spawn(&bin, "rungate-edge", &env)?);
+        }
         Ok(())
     })();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let edge = url(edge_port);
+    let edges: Vec<String> = edge_ports.iter().map(|p| url(*p)).collect();
+    let edge = edges[0].clone();
     let mut chain = None;
     let outcome = started.and_then(|()| {
         runtime.block_on(async {
@@ -213,12 +232,14 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             let dev_chain = rungate_tests::chain::start(&root, chain_port).await?;
             let (rpc_url, token) = (dev_chain.rpc_url.clone(), dev_chain.token.clone());
             chain = Some(dev_chain);
-            for port in [ledger_port, billing_port, inference_port] {
-                wait_healthy(&url(port), &mut services).await?;
+            for port in ledger_ports.iter().chain(&billing_ports).chain(&inference_ports) {
+                wait_healthy(&url(*port), &mut services).await?;
             }
-            wait_http(&format!("{edge}/healthz"), &mut services).await?;
+            for edge in &edges {
+                wait_http(&format!("{edge}/healthz"), &mut services).await?;
+            }
             let models = first_model(&edge).await?;
-            banner(&edge, &postgres.url, models.as_deref(), [ledger_port, billing_port, inference_port]);
+            banner(&edges, &postgres.url, models.as_deref(), [&ledger_ports, &billing_ports, &inference_ports]);
             chain_banner(&rpc_url, &token, &edge, models.as_deref(), args.free);
             if args.smoke {
                 return Ok(());
@@ -327,15 +348,35 @@ PY
     );
 }
 
-fn banner(edge: &str, database: &str, model: Option<&str>, [ledger, billing, inference]: [u16; 3]) {
+/// What is running where; a service with replicas lists every one.
+fn banner(
+    edges: &[String],
+    database: &str,
+    model: Option<&str>,
+    [ledger, billing, inference]: [&[u16]; 3],
+) {
     let model_hint = model.unwrap_or("<a model id from config/models.toml>");
+    let edge = &edges[0];
+    let listen = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (edges, inference, billing, ledger) = (
+        edges.join(" "),
+        listen(inference),
+        listen(billing),
+        listen(ledger),
+    );
     eprintln!(
         r#"
 RunGate is up.
-  edge (OpenAI HTTP)   {edge}
-  inference (gRPC)     127.0.0.1:{inference}
-  billing (gRPC)       127.0.0.1:{billing}
-  ledger (gRPC)        127.0.0.1:{ledger}
+  edge (OpenAI HTTP)   {edges}
+  inference (gRPC)     {inference}
+  billing (gRPC)       {billing}
+  ledger (gRPC)        {ledger}
   Postgres             {database}
 
 Try:

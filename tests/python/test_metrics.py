@@ -7,8 +7,8 @@ inference's its engines' queues; the ledger's its group commits."""
 import time
 import urllib.request
 
-from dev_chain import rpc
-from x402_helpers import MODEL, receipt
+from dev_chain import fund, rpc
+from x402_helpers import MODEL, pay, receipt, v2_payment
 
 BACKLOG = "rungate_settlement_backlog"
 OLDEST_AGE = "rungate_settlement_backlog_oldest_age_seconds"
@@ -145,3 +145,14 @@ def test_every_service_serves_its_own_metrics_after_a_paid_call(cluster, client)
     # Billing: the gas its settlement transactions cost, once the call settles.
     wait_for(cluster.billing_url,
              lambda s: labelled(s, "rungate_gas_spent_gwei_total", network="eip155:8453") > [0], 90)
+
+
+def test_billing_counts_refused_payments_by_reason_and_scheme(cluster):
+    reason = "invalid_exact_evm_payload_signature"
+    count = lambda s: sum(labelled(s, "rungate_payments_refused_total", reason=reason, scheme="exact"))
+    _, _, before = scrape(cluster.billing_url)
+    # Signed over another token name: the signature recovers someone else.
+    payer = fund(cluster.chain_url, 10)
+    status, _, body = pay(cluster.edge_url, v2_payment(payer, cluster.edge_url, name="USDC"))
+    assert (status, body["error"]) == (402, reason)
+    wait_for(cluster.billing_url, lambda s: count(s) == count(before) + 1, timeout=10)

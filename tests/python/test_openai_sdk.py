@@ -83,10 +83,8 @@ def test_invalid_requests_are_400_naming_the_field(client):
         client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=5)
     assert error.value.param == "temperature"
     with pytest.raises(openai.BadRequestError) as error:
-        client.chat.completions.create(
-            model=MODEL, messages=FRANCE,
-            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
-    assert error.value.param == "tools"
+        client.chat.completions.create(model=MODEL, messages=FRANCE, logprobs=True)
+    assert error.value.param == "logprobs"
     with pytest.raises(openai.NotFoundError) as error:
         client.chat.completions.create(model="no-such-model", messages=FRANCE)
     assert error.value.code == "model_not_found"

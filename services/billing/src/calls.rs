@@ -26,6 +26,31 @@ pub struct Billing {
     payments: Option<Arc<Payments>>,
     /// batch-settlement, when a receiver-authorizer key is configured.
     channels: Option<Arc<Channels>>,
+    replicas: Replicas,
+}
+
+/// This billing among its replicas. A batch-settlement channel's state
+/// lives in one replica's memory (its calls are serialized there, its
+/// vouchers coalesced there), so each channel has one owner, chosen by its
+/// id; the others send its payments to the owner.
+#[derive(Debug, Clone, Copy)]
+pub struct Replicas {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Replicas {
+    /// The replica that serves `channel`, when it is not this one.
+    pub fn owner_elsewhere(&self, channel: &alloy_primitives::B256) -> Option<u32> {
+        if self.count <= 1 {
+            return None;
+        }
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&channel[..8]);
+        // Channel ids are hashes: their first bytes spread evenly.
+        let owner = (u64::from_be_bytes(key) % u64::from(self.count)) as u32;
+        (owner != self.index).then_some(owner)
+    }
 }
 
 /// A payment billing let through, under its scheme.
@@ -54,11 +79,13 @@ impl Billing {
         prices: PriceTable,
         payments: Option<Arc<Payments>>,
         channels: Option<Arc<Channels>>,
+        replicas: Replicas,
     ) -> Self {
         Self {
             prices,
             payments,
             channels,
+            replicas,
         }
     }
 
@@ -216,6 +243,17 @@ impl Billing {
                     .ok_or(BillingError::PaymentsDisabled("batch-settlement"))?;
                 let chain = payments.chains[presented.index].clone();
                 let version = presented.version;
+                let channel = chain.escrow.channel_id(batch.config());
+                if let Some(owner) = self.replicas.owner_elsewhere(&channel) {
+                    return Ok(Decision {
+                        response: AuthorizeResponse {
+                            owner_replica: Some(owner),
+                            scheme: crate::x402::batch::SCHEME.into(),
+                            ..Default::default()
+                        },
+                        admission: None,
+                    });
+                }
                 match channels
                     .admit(&chain, &request.request_id, (**batch).clone(), amount, now)
                     .await?
@@ -286,6 +324,7 @@ impl Billing {
         corrective: Option<(&str, &Snapshot)>,
     ) -> Decision {
         tracing::info!(%request_id, reason = reason.as_str(), "payment refused");
+        crate::metrics::refused(reason.as_str(), reason.scheme());
         let (v1, v2) = self.offers(offer, corrective);
         let reply: HttpReply =
             http::payment_required(reason.as_str(), offer.resource, v1.clone(), v2.clone());
@@ -301,5 +340,35 @@ impl Billing {
             },
             admission: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Replicas;
+
+    #[test]
+    fn every_channel_has_exactly_one_owner_among_the_replicas() {
+        for byte in 0..=255u8 {
+            let channel = alloy_primitives::B256::repeat_byte(byte);
+            let owners: Vec<u32> = (0..3)
+                .filter(|&index| {
+                    Replicas { index, count: 3 }
+                        .owner_elsewhere(&channel)
+                        .is_none()
+                })
+                .collect();
+            assert_eq!(owners.len(), 1, "{channel}");
+            let owner = owners[0];
+            for index in 0..3 {
+                let elsewhere = Replicas { index, count: 3 }.owner_elsewhere(&channel);
+                assert_eq!(elsewhere, (index != owner).then_some(owner));
+            }
+        }
+        let alone = Replicas { index: 0, count: 1 };
+        assert_eq!(
+            alone.owner_elsewhere(&alloy_primitives::B256::repeat_byte(7)),
+            None
+        );
     }
 }

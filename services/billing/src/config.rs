@@ -113,6 +113,18 @@ pub struct Config {
     #[arg(long, env = "RUNGATE_DRAIN_TIMEOUT", default_value = "10s",
           value_parser = rungate_common::args::parse_duration)]
     pub drain_timeout: Duration,
+
+    /// This replica's place among the billing replicas, counted from 0 in
+    /// the order of the edges' `--billing-url` list. Each batch-settlement
+    /// channel is served by one replica (its state lives in that replica's
+    /// memory); a payment for another's channel is sent there.
+    #[arg(long, env = "RUNGATE_BILLING_REPLICA", default_value_t = 0)]
+    pub replica: u32,
+
+    /// How many billing replicas there are.
+    #[arg(long, env = "RUNGATE_BILLING_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub replicas: u32,
 }
 
 impl Default for Config {
@@ -138,6 +150,8 @@ impl Default for Config {
             claim_interval: Duration::from_secs(60),
             voucher_flush: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(10),
+            replica: 0,
+            replicas: 1,
         }
     }
 }

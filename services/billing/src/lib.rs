@@ -45,6 +45,13 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    if config.replica >= config.replicas {
+        return Err(BillingError::Config(format!(
+            "--replica {} is not below --replicas {}",
+            config.replica, config.replicas
+        ))
+        .into());
+    }
     let prices = config.price_table()?;
     let payments = payments(&config)?;
     let channels = match &payments {
@@ -80,7 +87,11 @@ pub async fn serve(
     }
     let _stop_workers = stop_workers.drop_guard();
     let payments_handle = payments.clone();
-    let billing = Arc::new(calls::Billing::new(prices, payments, channels));
+    let replicas = calls::Replicas {
+        index: config.replica,
+        count: config.replicas,
+    };
+    let billing = Arc::new(calls::Billing::new(prices, payments, channels, replicas));
     let grpc = service::BillingGrpc { billing, claims };
     let grpc = BillingServiceServer::new(grpc);
     // The x402 facilitator API (HTTP/1.1 JSON) shares the port with gRPC

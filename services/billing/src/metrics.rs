@@ -50,7 +50,10 @@ fn describe_all() {
         GAS,
         "Gas our mined transactions cost, in gwei of the chain's native token."
     );
-    describe_counter!(REFUSED, "Payments refused before serving, by reason.");
+    describe_counter!(
+        REFUSED,
+        "Payments refused before serving, by reason and scheme."
+    );
     describe_counter!(AUTHORIZED, "Payments accepted for a call, by scheme.");
     describe_counter!(
         EARNED,
@@ -77,9 +80,9 @@ pub fn settlement(outcome: &'static str) {
     metrics::counter!(SETTLEMENTS, "outcome" => outcome).increment(1);
 }
 
-/// A payment refused before serving, by reason.
-pub fn refused(reason: &'static str) {
-    metrics::counter!(REFUSED, "reason" => reason).increment(1);
+/// A payment refused before serving, by reason and scheme.
+pub fn refused(reason: &'static str, scheme: &'static str) {
+    metrics::counter!(REFUSED, "reason" => reason, "scheme" => scheme).increment(1);
 }
 
 /// A payment accepted for a call: `exact` or `batch-settlement`.

@@ -82,7 +82,7 @@ impl Payments {
                 self.pressure
                     .admit(now, chain.network.max_timeout_seconds, margin)
         {
-            crate::metrics::refused("settlement_backlog");
+            crate::metrics::refused("settlement_backlog", crate::x402::exact_evm::SCHEME);
             return Err(BillingError::Overloaded { retry_after });
         }
         let verified = match &self.remote {

@@ -23,7 +23,7 @@ pub struct AppState {
     pub ledger: LedgerClient,
     pub usage: UsageRecorder,
     /// None in free mode.
-    pub billing: Option<BillingClient>,
+    pub billing: Option<Billing>,
     pub public_url: Option<std::sync::Arc<str>>,
     pub deadlines: Deadlines,
     /// Models billing said are priced per call only (their quotes need no
@@ -42,6 +42,45 @@ impl AppState {
         if let Ok(mut flat) = self.flat_priced.write() {
             flat.insert(model.to_owned());
         }
+    }
+}
+
+/// Billing's replicas: one balanced channel over all of them, and one to
+/// each (in the `--billing-url` list's order), for a payment whose
+/// batch-settlement channel billing says another replica serves.
+#[derive(Clone)]
+pub struct Billing {
+    pub any: BillingClient,
+    pub replicas: Vec<BillingClient>,
+}
+
+impl Billing {
+    fn connect(urls: &str) -> anyhow::Result<Self> {
+        use rungate_common::client::{CONNECTIONS_PER_ENDPOINT, channel};
+        let client = |urls: &str| -> anyhow::Result<BillingClient> {
+            Ok(BillingServiceClient::with_interceptor(
+                channel(urls, CONNECTIONS_PER_ENDPOINT)?,
+                TracePropagator,
+            ))
+        };
+        let each: Vec<&str> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        Ok(Self {
+            any: client(urls)?,
+            replicas: if each.len() > 1 {
+                each.into_iter().map(client).collect::<Result<_, _>>()?
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// The replica at `index`, if the edge knows one there.
+    pub fn replica(&self, index: u32) -> Option<&BillingClient> {
+        self.replicas.get(usize::try_from(index).ok()?)
     }
 }
 
@@ -72,10 +111,7 @@ impl AppState {
             billing: if config.free_mode {
                 None
             } else {
-                Some(BillingServiceClient::with_interceptor(
-                    channel(&config.billing_url, CONNECTIONS_PER_ENDPOINT)?,
-                    TracePropagator,
-                ))
+                Some(Billing::connect(&config.billing_url)?)
             },
             public_url: config.public_url.as_deref().map(std::sync::Arc::from),
             deadlines: Deadlines {

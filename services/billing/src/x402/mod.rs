@@ -24,6 +24,15 @@ impl Refused {
             Refused::Batch(reason) => reason.as_str(),
         }
     }
+
+    /// The scheme whose strings the reason is in (the envelope's own
+    /// reasons, such as an unsupported version, are `exact`'s set).
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Refused::Exact(_) => exact_evm::SCHEME,
+            Refused::Batch(_) => batch::SCHEME,
+        }
+    }
 }
 
 impl From<InvalidReason> for Refused {

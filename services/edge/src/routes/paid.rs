@@ -5,8 +5,8 @@ use axum::response::Response;
 use http::HeaderMap;
 use rungate_common::client::{drain, request, within};
 use rungate_proto::billing::v1::{
-    AuthorizeRequest, Completed, PaidCallEvent, PaidCallUpdate, QuoteRequest, SettleResponse,
-    paid_call_event::Event, paid_call_update::Update,
+    AuthorizeRequest, AuthorizeResponse, Completed, PaidCallEvent, PaidCallUpdate, QuoteRequest,
+    SettleResponse, paid_call_event::Event, paid_call_update::Update,
 };
 use rungate_proto::inference::v1::{CountTokensRequest, CountTokensResponse};
 use rungate_proto::types::v1::TokenUsage;
@@ -16,7 +16,7 @@ use tonic::Streaming;
 use crate::ApiError;
 use crate::openai::ChatRequest;
 use crate::payment;
-use crate::state::AppState;
+use crate::state::{AppState, BillingClient};
 
 pub enum Gate {
     /// Free mode: no payment asked.
@@ -92,43 +92,48 @@ pub async fn gate(
     };
     let Some((header_name, header)) = presented else {
         let model = quote.model.clone();
-        let quote = within(deadline, billing.clone().quote(request(quote, deadline)))
-            .await?
-            .into_inner();
+        let quote = within(
+            deadline,
+            billing.any.clone().quote(request(quote, deadline)),
+        )
+        .await?
+        .into_inner();
         if quote.flat && !model.is_empty() {
             state.learn_flat_priced(&model);
         }
         let required = quote.payment_required.unwrap_or_default();
         return Ok(Gate::Refused(payment::response(&required)));
     };
-    let (events, outbound) = mpsc::channel(4);
-    let open = PaidCallEvent {
-        event: Some(Event::Open(AuthorizeRequest {
-            request_id: request_id.to_owned(),
-            quote: Some(quote),
-            stream: call.is_some_and(|chat| chat.stream),
-            payment_header: header,
-            payment_header_name: header_name.to_owned(),
-            ..Default::default()
-        })),
+    let open = AuthorizeRequest {
+        request_id: request_id.to_owned(),
+        quote: Some(quote),
+        stream: call.is_some_and(|chat| chat.stream),
+        payment_header: header,
+        payment_header_name: header_name.to_owned(),
+        ..Default::default()
     };
-    let _ = events.send(open).await;
-    let outbound = tokio_stream::wrappers::ReceiverStream::new(outbound);
-    // The deadline covers the verdict; the rest of the call has its own.
-    let (mut updates, verdict) = within(deadline, async {
-        let mut updates = billing.clone().paid_call(outbound).await?.into_inner();
-        let verdict = updates.message().await?;
-        Ok((updates, verdict))
-    })
-    .await?;
-    let Some(PaidCallUpdate {
-        update: Some(Update::Authorized(verdict)),
-    }) = verdict
-    else {
-        return Err(
-            tonic::Status::unavailable("billing ended the paid call without a verdict").into(),
-        );
-    };
+    // Kept for a second try only where billing has replicas to send it to.
+    let mut spare = (!billing.replicas.is_empty()).then(|| open.clone());
+    let (mut events, mut updates, mut verdict) = open_call(&billing.any, open, deadline).await?;
+    // A batch-settlement channel is served by one billing replica: follow
+    // billing to it, once.
+    if let Some(owner) = verdict.owner_replica {
+        let (Some(replica), Some(open)) = (billing.replica(owner), spare.take()) else {
+            return Err(tonic::Status::unavailable(format!(
+                "billing sent the payment to replica {owner}, which this edge is not configured with"
+            ))
+            .into());
+        };
+        drop(events);
+        drain(&mut updates, state.deadlines.trailers).await;
+        (events, updates, verdict) = open_call(replica, open, deadline).await?;
+        if verdict.owner_replica.is_some() {
+            return Err(tonic::Status::unavailable(
+                "billing replicas disagree on who serves this channel",
+            )
+            .into());
+        }
+    }
     if verdict.is_valid && !verdict.handled {
         // An exact call's usage record is the same whoever writes it: the
         // edge writes it too, so it survives billing dying before its write.
@@ -155,6 +160,43 @@ pub async fn gate(
     } else {
         Gate::Refused(reply)
     })
+}
+
+/// Opens a paid call on `billing` with its payment; its verdict comes
+/// within `deadline` (the rest of the call has its own deadlines).
+async fn open_call(
+    billing: &BillingClient,
+    open: AuthorizeRequest,
+    deadline: std::time::Duration,
+) -> Result<
+    (
+        mpsc::Sender<PaidCallEvent>,
+        Streaming<PaidCallUpdate>,
+        AuthorizeResponse,
+    ),
+    ApiError,
+> {
+    let (events, outbound) = mpsc::channel(4);
+    let _ = events
+        .send(PaidCallEvent {
+            event: Some(Event::Open(open)),
+        })
+        .await;
+    let outbound = tokio_stream::wrappers::ReceiverStream::new(outbound);
+    let (updates, verdict) = within(deadline, async {
+        let mut updates = billing.clone().paid_call(outbound).await?.into_inner();
+        let verdict = updates.message().await?;
+        Ok((updates, verdict))
+    })
+    .await?;
+    match verdict {
+        Some(PaidCallUpdate {
+            update: Some(Update::Authorized(verdict)),
+        }) => Ok((events, updates, verdict)),
+        _ => {
+            Err(tonic::Status::unavailable("billing ended the paid call without a verdict").into())
+        }
+    }
 }
 
 /// An authorized call in progress. Dropped without `completed`, the call
