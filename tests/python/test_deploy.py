@@ -95,7 +95,8 @@ def test_the_kubernetes_base_is_valid_and_wired_to_what_the_binaries_read():
     by_kind = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
-    deployments, services = by_kind["Deployment"], by_kind["Service"]
+    deployments = {**by_kind["Deployment"], **by_kind["StatefulSet"]}
+    services = by_kind["Service"]
     assert set(deployments) == BINARIES
     listen_port = {}
     for name, deployment in deployments.items():
@@ -122,7 +123,7 @@ def test_the_kubernetes_base_is_valid_and_wired_to_what_the_binaries_read():
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in by_kind["PersistentVolumeClaim"]
         for e in container["env"]:
-            if "valueFrom" in e:
+            if "secretKeyRef" in e.get("valueFrom", {}):
                 assert e["valueFrom"]["secretKeyRef"]["name"] in OPERATOR_SECRETS
     # Each Service selects its Deployment and reaches the port it listens on;
     # every internal URL names a Service at its port.
@@ -133,9 +134,25 @@ def test_the_kubernetes_base_is_valid_and_wired_to_what_the_binaries_read():
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         for e in container["env"]:
             if e["name"].endswith("_URL") and str(e.get("value", "")).startswith("http://"):
-                url = urlparse(e["value"])
-                [port] = services[url.hostname]["spec"]["ports"]
-                assert url.port == port["port"] and listen_port[url.hostname] == port["port"], e
+                for each in e["value"].split(","):
+                    url = urlparse(each)
+                    # A StatefulSet pod's own name: <set>-<index>.<service>.
+                    service = url.hostname.split(".")[-1]
+                    [port] = services[service]["spec"]["ports"]
+                    assert url.port == port["port"] and listen_port[service] == port["port"], e
+    # Billing's replicas: the edge lists every pod, in index order, and each
+    # pod knows its index and how many there are.
+    billing = by_kind["StatefulSet"]["rungate-billing"]
+    replicas = billing["spec"]["replicas"]
+    assert services[billing["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    [container] = billing["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RUNGATE_BILLING_REPLICAS"]["value"] == str(replicas)
+    assert env["RUNGATE_BILLING_REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    [edge] = deployments["rungate-edge"]["spec"]["template"]["spec"]["containers"]
+    listed = next(e["value"] for e in edge["env"] if e["name"] == "RUNGATE_BILLING_URL").split(",")
+    assert [urlparse(u).hostname for u in listed] == [f"rungate-billing-{i}.rungate-billing" for i in range(replicas)]
     # Edge and inference scale with load.
     scaled = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in by_kind["HorizontalPodAutoscaler"].values()}
     assert scaled == {"rungate-edge", "rungate-inference"}
