@@ -91,6 +91,7 @@ pub async fn serve(
         index: config.replica,
         count: config.replicas,
     };
+    let facilitator_channels = channels.clone();
     let billing = Arc::new(calls::Billing::new(prices, payments, channels, replicas));
     let grpc = service::BillingGrpc { billing, claims };
     let grpc = BillingServiceServer::new(grpc);
@@ -98,7 +99,9 @@ pub async fn serve(
     // (and `/metrics`).
     metrics::describe();
     let routes = match payments_handle {
-        Some(payments) => tonic::service::Routes::from(facilitator::router(payments)),
+        Some(payments) => {
+            tonic::service::Routes::from(facilitator::router(payments, facilitator_channels))
+        }
         None => tonic::service::Routes::default(),
     }
     .add_service(grpc);

@@ -54,6 +54,17 @@ pub enum BatchReason {
     RefundFailed,
     RpcReadFailed,
     StateUnavailable,
+    // What the facilitator API answers other sellers with, too.
+    Scheme,
+    NetworkMismatch,
+    WithdrawDelayRange,
+    InsufficientBalance,
+    ClaimPayload,
+    ClaimFailed,
+    SettlePayload,
+    SettleFailed,
+    AuthorizerMismatch,
+    UnknownSettleAction,
 }
 
 impl BatchReason {
@@ -89,6 +100,16 @@ impl BatchReason {
             Self::RefundFailed => "invalid_batch_settlement_evm_refund_transaction_failed",
             Self::RpcReadFailed => "invalid_batch_settlement_evm_rpc_read_failed",
             Self::StateUnavailable => "invalid_batch_settlement_evm_verification_state_unavailable",
+            Self::Scheme => "invalid_batch_settlement_evm_scheme",
+            Self::NetworkMismatch => "invalid_batch_settlement_evm_network_mismatch",
+            Self::WithdrawDelayRange => "invalid_batch_settlement_evm_withdraw_delay_out_of_range",
+            Self::InsufficientBalance => "invalid_batch_settlement_evm_insufficient_balance",
+            Self::ClaimPayload => "invalid_batch_settlement_evm_claim_payload",
+            Self::ClaimFailed => "invalid_batch_settlement_evm_claim_transaction_failed",
+            Self::SettlePayload => "invalid_batch_settlement_evm_settle_payload",
+            Self::SettleFailed => "invalid_batch_settlement_evm_settle_transaction_failed",
+            Self::AuthorizerMismatch => "invalid_batch_settlement_evm_authorizer_address_mismatch",
+            Self::UnknownSettleAction => "invalid_batch_settlement_evm_unknown_settle_action",
         }
     }
 }

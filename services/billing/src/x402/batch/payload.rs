@@ -215,6 +215,137 @@ pub fn parse(payload: &Value) -> Result<BatchPayload, BatchReason> {
     })
 }
 
+/// One channel's claim a seller hands its facilitator: the channel, the
+/// voucher (amount and signature) and the total to claim with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SellerClaim {
+    pub config: ChannelConfig,
+    pub max_claimable: u128,
+    pub signature: Bytes,
+    pub total_claimed: u128,
+}
+
+/// What a seller asks its facilitator to do on `/settle`, beyond a deposit
+/// (which is a payer's payload, parsed by `parse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SellerAction {
+    /// `claimWithSignature` over these claims; signed by the facilitator's
+    /// receiverAuthorizer when the seller sends no signature.
+    Claim {
+        claims: Vec<SellerClaim>,
+        signature: Option<Bytes>,
+    },
+    /// `settle(receiver, token)`: what was claimed goes to the receiver.
+    Sweep { receiver: Address, token: Address },
+    /// `refundWithSignature`, after the refund's claims.
+    Refund(Box<SellerRefund>),
+}
+
+/// A refund the seller completed: `amount` at the channel's refund `nonce`,
+/// after `claims` (what was earned is claimed first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SellerRefund {
+    pub config: ChannelConfig,
+    pub voucher: SignedVoucher,
+    pub amount: u128,
+    pub nonce: U256,
+    pub claims: Vec<SellerClaim>,
+    pub refund_signature: Option<Bytes>,
+    pub claim_signature: Option<Bytes>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimJson {
+    voucher: ClaimVoucherJson,
+    signature: String,
+    total_claimed: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimVoucherJson {
+    channel: ConfigJson,
+    max_claimable_amount: Value,
+}
+
+fn claims(payload: &Value, bad: BatchReason) -> Result<Vec<SellerClaim>, BatchReason> {
+    let claims: Vec<ClaimJson> = match payload.get("claims") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(value) => Vec::deserialize(value).map_err(|_| bad)?,
+    };
+    claims
+        .into_iter()
+        .map(|claim| {
+            Ok(SellerClaim {
+                config: config(claim.voucher.channel, bad)?,
+                max_claimable: amount_u128(&claim.voucher.max_claimable_amount).ok_or(bad)?,
+                signature: hex_bytes(&claim.signature).ok_or(bad)?,
+                total_claimed: amount_u128(&claim.total_claimed).ok_or(bad)?,
+            })
+        })
+        .collect()
+}
+
+fn signature(payload: &Value, name: &str, bad: BatchReason) -> Result<Option<Bytes>, BatchReason> {
+    match payload.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.is_empty() => Ok(None),
+        Some(Value::String(text)) => hex_bytes(text).map(Some).ok_or(bad),
+        Some(_) => Err(bad),
+    }
+}
+
+/// A seller's `/settle` action: `claim`, `settle`, or a `refund` the seller
+/// completed with the amount and the channel's refund nonce. None: not one
+/// of these (a payer's payload, or unknown).
+pub fn seller_action(payload: &Value) -> Option<Result<SellerAction, BatchReason>> {
+    match payload.get("type").and_then(Value::as_str)? {
+        "claim" => Some((|| {
+            let bad = BatchReason::ClaimPayload;
+            let claims = claims(payload, bad)?;
+            if claims.is_empty() {
+                return Err(bad);
+            }
+            Ok(SellerAction::Claim {
+                claims,
+                signature: signature(payload, "claimAuthorizerSignature", bad)?,
+            })
+        })()),
+        "settle" => Some((|| {
+            let bad = BatchReason::SettlePayload;
+            let address = |name: &str| {
+                payload
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .and_then(|a| a.parse::<Address>().ok())
+                    .ok_or(bad)
+            };
+            Ok(SellerAction::Sweep {
+                receiver: address("receiver")?,
+                token: address("token")?,
+            })
+        })()),
+        "refund" if payload.get("refundNonce").is_some() => Some((|| {
+            let bad = BatchReason::RefundPayload;
+            Ok(SellerAction::Refund(Box::new(SellerRefund {
+                config: config(field(payload, "channelConfig", bad)?, bad)?,
+                voucher: voucher(field(payload, "voucher", bad)?, bad)?,
+                amount: payload
+                    .get("amount")
+                    .and_then(amount_u128)
+                    .filter(|a| *a > 0)
+                    .ok_or(BatchReason::RefundAmountInvalid)?,
+                nonce: payload.get("refundNonce").and_then(amount).ok_or(bad)?,
+                claims: claims(payload, bad)?,
+                refund_signature: signature(payload, "refundAuthorizerSignature", bad)?,
+                claim_signature: signature(payload, "claimAuthorizerSignature", bad)?,
+            })))
+        })()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -270,5 +401,59 @@ mod tests {
         let no_auth = json!({"type": "deposit", "channelConfig": config(), "voucher": voucher(&id),
             "deposit": {"amount": "1000", "authorization": {}}});
         assert_eq!(parse(&no_auth), Err(BatchReason::DepositPayload));
+    }
+
+    #[test]
+    fn a_sellers_claim_sweep_and_refund_actions_decode_and_bad_ones_give_their_reason() {
+        let id = format!("0x{}", "ab".repeat(32));
+        let signature = format!("0x{}", "11".repeat(65));
+        let claim = json!({"voucher": {"channel": config(), "maxClaimableAmount": "60"},
+            "signature": signature, "totalClaimed": "60"});
+        let Some(Ok(SellerAction::Claim {
+            claims,
+            signature: None,
+        })) = seller_action(&json!({"type": "claim", "claims": [claim]}))
+        else {
+            panic!("a claim");
+        };
+        assert_eq!((claims[0].max_claimable, claims[0].total_claimed), (60, 60));
+        let sweep = json!({"type": "settle", "receiver": "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+            "token": "0x5FbDB2315678afecb367f032d93F642f64180aa3"});
+        assert!(matches!(
+            seller_action(&sweep),
+            Some(Ok(SellerAction::Sweep { .. }))
+        ));
+        let refund = json!({"type": "refund", "channelConfig": config(), "voucher": voucher(&id),
+            "amount": "940", "refundNonce": "0", "claims": []});
+        assert!(matches!(
+            seller_action(&refund),
+            Some(Ok(SellerAction::Refund(refund))) if refund.amount == 940
+        ));
+
+        // A payer's payloads are not a seller's actions.
+        let payers = json!({"type": "refund", "channelConfig": config(), "voucher": voucher(&id)});
+        assert_eq!(seller_action(&payers), None);
+        assert_eq!(seller_action(&json!({"type": "voucher"})), None);
+        for (bad, reason) in [
+            (
+                json!({"type": "claim", "claims": []}),
+                BatchReason::ClaimPayload,
+            ),
+            (
+                json!({"type": "claim", "claims": [{"signature": "0x"}]}),
+                BatchReason::ClaimPayload,
+            ),
+            (
+                json!({"type": "settle", "receiver": "nobody"}),
+                BatchReason::SettlePayload,
+            ),
+            (
+                json!({"type": "refund", "channelConfig": config(), "voucher": voucher(&id),
+                "amount": "0", "refundNonce": "0"}),
+                BatchReason::RefundAmountInvalid,
+            ),
+        ] {
+            assert_eq!(seller_action(&bad), Some(Err(reason)), "{bad}");
+        }
     }
 }

@@ -1,16 +1,11 @@
-//! The x402 facilitator HTTP API (`POST /verify`, `POST /settle`,
-//! `GET /supported`), so any x402 seller can have RunGate verify and settle
-//! its payments on the networks billing is configured for. Served on
-//! billing's port next to gRPC. Verification here always reads the chain
-//! (balance and nonce): a facilitator answers for someone else's money.
-
-use std::sync::Arc;
+//! The facilitator API's `exact` side: a seller's EIP-3009 payment checked
+//! (always against the chain: balance and nonce) and settled with one
+//! `transferWithAuthorization`.
 
 use alloy_primitives::U256;
-use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde_json::{Value, json};
+
+use std::sync::Arc;
 
 use crate::chain::{Chain, Outcome, SettleAuthorization};
 use crate::payments::Payments;
@@ -18,29 +13,6 @@ use crate::x402::InvalidReason;
 use crate::x402::exact_evm::{self, ExactEvmPayload, Expected, Verified};
 use crate::x402::payment::matches_offer;
 use rungate_common::clock::now;
-
-pub fn router(payments: Arc<Payments>) -> Router {
-    Router::new()
-        .route("/verify", post(verify))
-        .route("/settle", post(settle))
-        .route("/supported", get(supported))
-        .with_state(payments)
-}
-
-async fn supported(State(payments): State<Arc<Payments>>) -> Json<Value> {
-    let mut kinds = Vec::new();
-    let mut signers = serde_json::Map::new();
-    for chain in &payments.chains {
-        let n = &chain.network;
-        kinds.push(json!({"x402Version": 1, "scheme": "exact", "network": n.v1_name}));
-        kinds.push(json!({"x402Version": 2, "scheme": "exact", "network": n.network}));
-        signers.insert(
-            n.network.clone(),
-            json!([chain.settler().to_checksum(None)]),
-        );
-    }
-    Json(json!({"kinds": kinds, "extensions": [], "signers": signers}))
-}
 
 /// A verified payment, on the chain it pays on.
 struct Checked<'a> {
@@ -151,8 +123,8 @@ fn requirements_asset(body: &Value) -> alloy_primitives::Address {
         .unwrap_or_default()
 }
 
-async fn verify(State(payments): State<Arc<Payments>>, Json(body): Json<Value>) -> Json<Value> {
-    Json(match check(&payments, &body).await {
+pub async fn verify(payments: &Payments, body: &Value) -> Value {
+    match check(payments, body).await {
         Ok(checked) => json!({
             "isValid": true,
             "payer": checked.verified.payer.to_checksum(None),
@@ -162,24 +134,24 @@ async fn verify(State(payments): State<Arc<Payments>>, Json(body): Json<Value>) 
             "invalidReason": reason.as_str(),
             "payer": body.pointer("/paymentPayload/payload/authorization/from"),
         }),
-    })
+    }
 }
 
-async fn settle(State(payments): State<Arc<Payments>>, Json(body): Json<Value>) -> Json<Value> {
-    let checked = match check(&payments, &body).await {
+pub async fn settle(payments: &Payments, body: &Value) -> Value {
+    let checked = match check(payments, body).await {
         Ok(checked) => checked,
         Err(reason) => {
-            return Json(json!({
+            return json!({
                 "success": false,
                 "errorReason": reason.as_str(),
                 "transaction": "",
                 "network": body.pointer("/paymentRequirements/network"),
-            }));
+            });
         }
     };
     let message = &checked.verified.message;
     let auth = SettleAuthorization {
-        asset: requirements_asset(&body),
+        asset: requirements_asset(body),
         from: message.from,
         to: message.to,
         value: message.value,
@@ -189,7 +161,7 @@ async fn settle(State(payments): State<Arc<Payments>>, Json(body): Json<Value>) 
         signature: checked.verified.signature,
     };
     let payer = checked.verified.payer.to_checksum(None);
-    Json(match checked.chain.settle(&auth).await {
+    match checked.chain.settle(&auth).await {
         Outcome::Settled { tx_hash, .. } => json!({
             "success": true, "payer": payer, "transaction": tx_hash.to_string(),
             "network": checked.network, "amount": message.value.to_string(),
@@ -206,5 +178,5 @@ async fn settle(State(payments): State<Arc<Payments>>, Json(body): Json<Value>) 
             "success": false, "errorReason": "unexpected_settle_error", "errorMessage": error,
             "payer": payer, "transaction": "", "network": checked.network,
         }),
-    })
+    }
 }
