@@ -84,3 +84,20 @@ def test_an_external_facilitator_verifies_and_settles_paid_calls(facilitated_clu
     status, _, body = pay(url, v2_payment(broke, url))
     assert status == 402 and body["error"] == "insufficient_funds", body
     assert balance(chain, payer.address) == 9
+
+
+def test_an_external_facilitator_submits_batch_settlement_deposits(facilitated_cluster):
+    """With `--facilitator-url`, a batch-settlement deposit goes through the
+    facilitator's /settle (here billing's own API over HTTP) and the calls
+    it pays are served as usual."""
+    import asyncio
+    from test_batch_settlement import (ONE_USDC, batch_client, block_number, deposits_by, escrow_state,
+                                       our_channel, pay_many)
+    url, chain = facilitated_cluster.edge_url, facilitated_cluster.chain_url
+    account = fund(chain, 2 * ONE_USDC)
+    start = block_number(chain)
+    client, _ = batch_client(account, chain)
+    assert len(asyncio.run(pay_many(url, client, 3))) == 3
+    assert deposits_by(chain, account.address, start) == [ONE_USDC]
+    assert escrow_state(chain, our_channel(url, account)) == (ONE_USDC, 0)
+    assert any("facilitator: deposit submitted" in line for line in facilitated_cluster.log)

@@ -16,6 +16,7 @@ from x402.mechanisms.evm.batch_settlement.client.channel import update_channel_f
 from x402.mechanisms.evm.batch_settlement.client.config import BatchSettlementEvmSchemeOptions
 from x402.mechanisms.evm.batch_settlement.client.storage import InMemoryClientChannelStorage
 from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
+from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 from x402.mechanisms.evm.batch_settlement.types import (ChannelConfig, ClaimPayload, EnrichedRefundPayload,
                                                         SettlePayload, VoucherClaim)
 from x402.mechanisms.evm.signers import EthAccountSignerWithRPC
@@ -160,5 +161,14 @@ def test_verify_gives_the_schemes_reason_and_nothing_moves(cluster, seller):
                                               signature=voucher.payload["voucher"]["signature"], total_claimed="10")])
     denied = facilitator.settle(action(other, claim), other)
     assert not denied.success and denied.error_reason == "invalid_batch_settlement_evm_authorizer_address_mismatch"
+    # RunGate's own channels are billing's to collect (claims before any
+    # refund): the facilitator signs no refund for one.
+    ours = ChannelConfig.from_dict({**voucher.payload["channelConfig"], "receiver": dev_chain.PAY_TO})
+    ours_id = compute_channel_id(ours, NETWORK)
+    refund = EnrichedRefundPayload(channel_config=ours, voucher=sign_voucher(payer.signer, ours_id, 0, NETWORK),
+                                   amount="1", refund_nonce="0")
+    rungate = requirements(authorizer, pay_to=dev_chain.PAY_TO)
+    denied = facilitator.settle(action(rungate, refund), rungate)
+    assert not denied.success and denied.error_reason == "invalid_batch_settlement_evm_receiver_mismatch"
     assert escrow_state(chain, channel) == (DEPOSIT, 0)
     assert balance(chain, SELLER) in (0, 6 * PRICE)  # only the other test's sweep, if it ran first

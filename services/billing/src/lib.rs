@@ -130,7 +130,7 @@ fn payments(config: &Config) -> Result<Option<Arc<payments::Payments>>, BillingE
     let remote = match &config.facilitator_url {
         Some(url) => {
             tracing::info!(%url, "verifying and settling through an external facilitator");
-            Some(remote::RemoteFacilitator::new(url)?)
+            Some(Arc::new(remote::RemoteFacilitator::new(url)?))
         }
         None => None,
     };
@@ -168,5 +168,6 @@ fn channels(
         writer,
         authorizer,
         terms,
+        payments.remote.clone(),
     ))))
 }

@@ -26,7 +26,7 @@ pub struct Payments {
     /// The chains' networks, in the same order.
     pub networks: Vec<Network>,
     /// Verify and settle through an external facilitator instead of locally.
-    pub remote: Option<RemoteFacilitator>,
+    pub remote: Option<Arc<RemoteFacilitator>>,
     pub ledger: Ledger,
     pub funds: Arc<Funds>,
     pub mode: SettlementMode,

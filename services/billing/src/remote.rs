@@ -71,6 +71,31 @@ impl RemoteFacilitator {
         }
     }
 
+    /// POST /settle for a batch-settlement deposit (the facilitator checks
+    /// and submits it): the transaction's hash.
+    pub async fn deposit(&self, requirement: &Value, payload: Value) -> Result<B256, Outcome> {
+        let body = json!({
+            "x402Version": 2,
+            "paymentPayload": {"x402Version": 2, "accepted": requirement, "payload": payload},
+            "paymentRequirements": requirement,
+        });
+        match self.post("/settle", &body).await {
+            Ok(settled) if settled["success"] == true => settled["transaction"]
+                .as_str()
+                .and_then(|t| t.parse::<B256>().ok())
+                .ok_or_else(|| Outcome::Unknown {
+                    error: format!("facilitator deposited without a transaction hash: {settled}"),
+                }),
+            Ok(settled) => Err(Outcome::Failed {
+                reason: format!(
+                    "facilitator: {}",
+                    settled["errorReason"].as_str().unwrap_or("deposit failed")
+                ),
+            }),
+            Err(error) => Err(Outcome::Unknown { error }),
+        }
+    }
+
     /// POST /settle for a reserved authorization, rebuilt from its record.
     pub async fn settle(&self, network: &Network, a: &Authorization) -> Outcome {
         let amount = a.amount.unwrap_or_default().atomic();

@@ -176,6 +176,24 @@ impl Chain {
         Ok(mined(tx_hash, &receipt))
     }
 
+    /// A transaction someone else (an external facilitator) submitted, once
+    /// mined: its logs, and no gas of ours.
+    pub async fn mined_elsewhere(&self, tx_hash: B256) -> Result<Mined, Outcome> {
+        match self.poll_receipt(tx_hash).await {
+            Ok(Some(receipt)) if receipt.status() => Ok(Mined {
+                gas_wei: 0,
+                ..mined(tx_hash, &receipt)
+            }),
+            Ok(Some(_)) => Err(Outcome::Failed {
+                reason: format!("transaction {tx_hash} reverted"),
+            }),
+            Ok(None) => Err(Outcome::Unknown {
+                error: format!("no receipt for {tx_hash} within {:?}", self.receipt_timeout),
+            }),
+            Err(error) => Err(Outcome::Unknown { error }),
+        }
+    }
+
     /// Pulls the payer's deposit into the channel through the EIP-3009 collector.
     pub async fn deposit(
         &self,

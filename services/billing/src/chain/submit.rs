@@ -127,9 +127,22 @@ impl Chain {
         }
     }
 
+    /// The receipt of a transaction of ours (its gas is counted as spent).
+    pub(crate) async fn wait_receipt(
+        &self,
+        hash: B256,
+    ) -> Result<Option<TransactionReceipt>, String> {
+        let receipt = self.poll_receipt(hash).await?;
+        if let Some(receipt) = &receipt {
+            let wei = u128::from(receipt.gas_used).saturating_mul(receipt.effective_gas_price);
+            crate::metrics::gas_spent(&self.network.network, wei);
+        }
+        Ok(receipt)
+    }
+
     /// Polls for the receipt: quickly at first (dev chains mine at once),
     /// then backing off to the block time. None: not within the timeout.
-    pub(crate) async fn wait_receipt(
+    pub(crate) async fn poll_receipt(
         &self,
         hash: B256,
     ) -> Result<Option<TransactionReceipt>, String> {

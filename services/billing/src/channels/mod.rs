@@ -28,6 +28,7 @@ use crate::BillingError;
 use crate::chain::Chain;
 use crate::chain::escrow::OnChain;
 use crate::ledger::Ledger;
+use crate::remote::RemoteFacilitator;
 use crate::x402::batch::offer::{BatchTerms, Snapshot};
 
 /// One channel as billing serves it.
@@ -86,6 +87,8 @@ pub struct Channels {
     pub writer: writer::Writer,
     pub terms: BatchTerms,
     authorizer: PrivateKeySigner,
+    /// `--facilitator-url`: deposits are submitted through it.
+    facilitator: Option<Arc<RemoteFacilitator>>,
 }
 
 impl Channels {
@@ -94,6 +97,7 @@ impl Channels {
         writer: writer::Writer,
         authorizer: PrivateKeySigner,
         terms: BatchTerms,
+        facilitator: Option<Arc<RemoteFacilitator>>,
     ) -> Self {
         Self {
             book: Mutex::new(HashMap::new()),
@@ -101,6 +105,7 @@ impl Channels {
             writer,
             terms,
             authorizer,
+            facilitator,
         }
     }
 

@@ -22,10 +22,11 @@ use crate::chain::escrow::{ClaimRow, Mined, OnChain};
 use crate::chain::{Chain, Outcome};
 use crate::x402::batch::BatchReason;
 use crate::x402::batch::eip712::{ChannelConfig, ClaimEntry};
-use crate::x402::batch::offer::Snapshot;
-use crate::x402::batch::payload::{BatchPayload, DepositAuthorization, SignedVoucher};
+use crate::x402::batch::offer::{self, Snapshot};
+use crate::x402::batch::payload::{self, BatchPayload, DepositAuthorization, SignedVoucher};
 use crate::x402::batch::verify::{self, Terms};
 use crate::x402::exact_evm::EXPIRY_MARGIN_SECS;
+use crate::x402::networks::Offer;
 
 /// How long a call waits for the channel's previous call to finish before
 /// it is refused as busy: long enough for the previous call's end to reach
@@ -218,7 +219,23 @@ impl Channels {
                 return Ok(refused(BatchReason::CumulativeExceedsBalance));
             }
         }
-        let mined = match chain.deposit(&config, &deposit).await {
+        let mined = match &self.facilitator {
+            None => chain.deposit(&config, &deposit).await,
+            Some(facilitator) => {
+                let offer = Offer {
+                    amount: increment,
+                    resource: "",
+                    description: "",
+                };
+                let requirement = offer::requirement(&chain.network, &offer, &self.terms);
+                let payload = payload::deposit_json(&config, &voucher, &deposit);
+                match facilitator.deposit(&requirement, payload).await {
+                    Ok(tx_hash) => chain.mined_elsewhere(tx_hash).await,
+                    Err(outcome) => Err(outcome),
+                }
+            }
+        };
+        let mined = match mined {
             Ok(mined) => mined,
             Err(outcome) => {
                 return match outcome {

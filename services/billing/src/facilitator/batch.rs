@@ -254,6 +254,7 @@ async fn deposit(request: &Request<'_>) -> Result<Value, Failure> {
         .deposit(&config, &deposit)
         .await
         .map_err(|_| (BatchReason::DepositFailed, Some(payer)))?;
+    tracing::info!(channel = %id, tx = %mined.tx_hash, "facilitator: deposit submitted");
     let mut settled = mined_json(&mined, Some(payer));
     settled["amount"] = json!(deposit.amount.to_string());
     if let Ok(onchain) = request.chain.channel(id).await {
@@ -305,7 +306,7 @@ async fn act(
                         .chain
                         .escrow
                         .refund_digest(id, U256::from(nonce), amount);
-                    sign(channels, &[&config], &digest).map_err(fail)?
+                    sign(request, channels, &[&config], &digest).map_err(fail)?
                 }
             };
             let mined = request
@@ -352,7 +353,12 @@ async fn claim(
                 })
                 .collect();
             let configs: Vec<&ChannelConfig> = rows.iter().map(|row| &row.config).collect();
-            sign(channels, &configs, &escrow.claim_batch_digest(entries))?
+            sign(
+                request,
+                channels,
+                &configs,
+                &escrow.claim_batch_digest(entries),
+            )?
         }
     };
     request
@@ -362,12 +368,21 @@ async fn claim(
         .map_err(|_| BatchReason::ClaimFailed)
 }
 
-/// Our receiverAuthorizer's signature, only for channels that name it.
+/// Our receiverAuthorizer's signature, only for channels that name it and
+/// are not RunGate's own: those billing collects itself, claiming before any
+/// refund, so that a payer could not have its unclaimed spending refunded.
 fn sign(
+    request: &Request<'_>,
     channels: &Channels,
     configs: &[&ChannelConfig],
     digest: &B256,
 ) -> Result<Bytes, BatchReason> {
+    if configs
+        .iter()
+        .any(|config| config.receiver == request.chain.network.pay_to)
+    {
+        return Err(BatchReason::Receiver);
+    }
     if configs
         .iter()
         .any(|config| config.receiverAuthorizer != channels.authorizer())

@@ -215,6 +215,41 @@ pub fn parse(payload: &Value) -> Result<BatchPayload, BatchReason> {
     })
 }
 
+/// A deposit payload in its wire form (what the payer sent), for a
+/// facilitator that submits it.
+pub fn deposit_json(
+    config: &ChannelConfig,
+    voucher: &SignedVoucher,
+    deposit: &DepositAuthorization,
+) -> Value {
+    serde_json::json!({
+        "type": "deposit",
+        "channelConfig": {
+            "payer": config.payer.to_checksum(None),
+            "payerAuthorizer": config.payerAuthorizer.to_checksum(None),
+            "receiver": config.receiver.to_checksum(None),
+            "receiverAuthorizer": config.receiverAuthorizer.to_checksum(None),
+            "token": config.token.to_checksum(None),
+            "withdrawDelay": config.withdrawDelay.to::<u64>(),
+            "salt": config.salt.to_string(),
+        },
+        "voucher": {
+            "channelId": voucher.channel_id.to_string(),
+            "maxClaimableAmount": voucher.max_claimable.to_string(),
+            "signature": voucher.signature.to_string(),
+        },
+        "deposit": {
+            "amount": deposit.amount.to_string(),
+            "authorization": {"erc3009Authorization": {
+                "validAfter": deposit.valid_after.to_string(),
+                "validBefore": deposit.valid_before.to_string(),
+                "salt": B256::from(deposit.salt).to_string(),
+                "signature": deposit.signature.to_string(),
+            }},
+        },
+    })
+}
+
 /// One channel's claim a seller hands its facilitator: the channel, the
 /// voucher (amount and signature) and the total to claim with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
