@@ -243,8 +243,14 @@ impl Billing {
                     .ok_or(BillingError::PaymentsDisabled("batch-settlement"))?;
                 let chain = payments.chains[presented.index].clone();
                 let version = presented.version;
-                let channel = chain.escrow.channel_id(batch.config());
-                if let Some(owner) = self.replicas.owner_elsewhere(&channel) {
+                // One replica: no channel id to hash on the hot path.
+                let elsewhere = (self.replicas.count > 1)
+                    .then(|| {
+                        self.replicas
+                            .owner_elsewhere(&chain.escrow.channel_id(batch.config()))
+                    })
+                    .flatten();
+                if let Some(owner) = elsewhere {
                     return Ok(Decision {
                         response: AuthorizeResponse {
                             owner_replica: Some(owner),
