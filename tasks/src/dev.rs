@@ -107,6 +107,24 @@ pub fn fetch_default_model(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
+/// `count` free ports, distinct from each other and from `taken` (the
+/// listeners are all held until every port is chosen, so the system cannot
+/// hand one out twice).
+pub(crate) fn free_ports(count: usize, taken: &[u16]) -> anyhow::Result<Vec<u16>> {
+    // Every listener stays bound until all are chosen.
+    let mut held = Vec::with_capacity(count);
+    let mut ports = Vec::with_capacity(count);
+    while ports.len() < count {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        if !taken.contains(&port) {
+            ports.push(port);
+        }
+        held.push(listener);
+    }
+    Ok(ports)
+}
+
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -140,12 +158,19 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     eprintln!("starting Postgres…");
     let mut postgres = Postgres::start(true)?;
     let n = usize::from(args.replicas);
-    let ports = |n: usize| (0..n).map(|_| free_port()).collect::<Result<Vec<_>, _>>();
-    let (ledger_ports, billing_ports, inference_ports) = (ports(n)?, ports(n)?, ports(n)?);
-    let mut edge_ports = ports(n)?;
+    // The ports asked for on the command line are kept out of the ones we pick.
+    let asked: Vec<u16> = [args.port, args.chain_port]
+        .into_iter()
+        .filter(|p| *p != 0)
+        .collect();
+    let mut picked = free_ports(4 * n + 1, &asked)?.into_iter();
+    let mut ports = |n: usize| picked.by_ref().take(n).collect::<Vec<_>>();
+    let (ledger_ports, billing_ports, inference_ports) = (ports(n), ports(n), ports(n));
+    let mut edge_ports = ports(n);
     if args.port != 0 {
         edge_ports[0] = args.port;
     }
+    let spare_chain_port = ports(1)[0];
     let url = |port: u16| format!("http://127.0.0.1:{port}");
     // Every replica of a service, as the balanced channels take them.
     let urls = |ports: &[u16]| ports.iter().map(|p| url(*p)).collect::<Vec<_>>().join(",");
@@ -153,7 +178,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         |listen_var: &'static str, port: u16| vec![(listen_var, format!("127.0.0.1:{port}"))];
 
     let chain_port = if args.chain_port == 0 {
-        free_port()?
+        spare_chain_port
     } else {
         args.chain_port
     };

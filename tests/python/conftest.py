@@ -24,10 +24,16 @@ import dev_chain
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count):
+    """`count` distinct free ports (every socket is held until all are chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_ready(url, process, timeout=600):
@@ -68,7 +74,7 @@ class Cluster:
 def run_cluster(*extra):
     """Starts `cargo xtask dev` on free ports; yields a Cluster; stops it
     with SIGINT (what Ctrl-C sends) and checks it exits cleanly."""
-    port, chain_port = free_port(), free_port()
+    port, chain_port = free_ports(2)
     process = subprocess.Popen(
         ["cargo", "xtask", "dev", "--port", str(port), "--chain-port", str(chain_port), *extra],
         cwd=REPO,

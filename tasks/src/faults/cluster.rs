@@ -14,7 +14,7 @@ use rungate_tests::fake_upstream::FakeUpstream;
 use rungate_tests::postgres::Postgres;
 
 use super::VOUCHER_FLUSH;
-use crate::dev::{Service, bin_dir, free_port, root, spawn};
+use crate::dev::{Service, bin_dir, free_port, free_ports, root, spawn};
 
 /// One service process, and how to start it again.
 struct Proc {
@@ -126,8 +126,9 @@ pub(crate) async fn boot(root: &Path) -> anyhow::Result<Cluster> {
     let upstream_url = format!("http://{}", listener.local_addr()?);
     upstream.spawn(listener);
 
-    let [ledger, billing, inference, edge] =
-        [free_port()?, free_port()?, free_port()?, free_port()?];
+    let [ledger, billing, inference, edge] = free_ports(4, &[chain_port])?[..] else {
+        anyhow::bail!("no four free ports");
+    };
     let url = |port: u16| format!("http://127.0.0.1:{port}");
     let models = format!(
         r#"[[models]]

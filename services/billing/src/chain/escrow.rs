@@ -12,7 +12,7 @@ use alloy_rpc_types_eth::{Filter, Log, TransactionReceipt, TransactionRequest};
 use alloy_sol_types::{SolCall, SolEvent, SolValue, sol};
 
 use super::{Chain, Outcome, ReadError, with_sources};
-use crate::x402::batch::eip712::ChannelConfig;
+use crate::x402::batch::eip712::{ChannelConfig, ClaimEntry};
 use crate::x402::batch::payload::{DepositAuthorization, SignedVoucher};
 use crate::x402::batch::{BATCH_SETTLEMENT, ERC3009_COLLECTOR};
 
@@ -97,6 +97,15 @@ pub struct ClaimRow {
 }
 
 impl ClaimRow {
+    /// The row as the receiverAuthorizer's ClaimBatch signature covers it.
+    pub fn entry(&self) -> ClaimEntry {
+        ClaimEntry {
+            channelId: self.voucher.channel_id,
+            maxClaimableAmount: self.voucher.max_claimable,
+            totalClaimed: self.total_claimed,
+        }
+    }
+
     fn abi(&self) -> X402BatchSettlement::VoucherClaim {
         X402BatchSettlement::VoucherClaim {
             voucher: X402BatchSettlement::Voucher {

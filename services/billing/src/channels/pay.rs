@@ -21,7 +21,7 @@ use crate::BillingError;
 use crate::chain::escrow::{ClaimRow, Mined, OnChain};
 use crate::chain::{Chain, Outcome};
 use crate::x402::batch::BatchReason;
-use crate::x402::batch::eip712::{ChannelConfig, ClaimEntry};
+use crate::x402::batch::eip712::ChannelConfig;
 use crate::x402::batch::offer::{self, Snapshot};
 use crate::x402::batch::payload::{self, BatchPayload, DepositAuthorization, SignedVoucher};
 use crate::x402::batch::verify::{self, Terms};
@@ -358,11 +358,7 @@ impl Channels {
             total_claimed: charged,
         });
         let claim_signature = match &claim {
-            Some(row) => Some(self.sign(&chain.escrow.claim_batch_digest(vec![ClaimEntry {
-                channelId: id,
-                maxClaimableAmount: row.voucher.max_claimable,
-                totalClaimed: row.total_claimed,
-            }]))?),
+            Some(row) => Some(self.sign(&chain.escrow.claim_batch_digest(vec![row.entry()]))?),
             None => None,
         };
         let refund_signature = self.sign(&chain.escrow.refund_digest(

@@ -14,7 +14,7 @@ use crate::chain::Chain;
 use crate::chain::escrow::{ClaimRow, Mined, OnChain};
 use crate::channels::Channels;
 use crate::payments::Payments;
-use crate::x402::batch::eip712::{ChannelConfig, ClaimEntry};
+use crate::x402::batch::eip712::ChannelConfig;
 use crate::x402::batch::payload::{
     self, BatchPayload, SellerAction, SellerClaim, SellerRefund, SignedVoucher,
 };
@@ -344,14 +344,7 @@ async fn claim(
     let signature = match signature {
         Some(signature) => signature,
         None => {
-            let entries = rows
-                .iter()
-                .map(|row| ClaimEntry {
-                    channelId: row.voucher.channel_id,
-                    maxClaimableAmount: row.voucher.max_claimable,
-                    totalClaimed: row.total_claimed,
-                })
-                .collect();
+            let entries = rows.iter().map(ClaimRow::entry).collect();
             let configs: Vec<&ChannelConfig> = rows.iter().map(|row| &row.config).collect();
             sign(
                 request,

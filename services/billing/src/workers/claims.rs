@@ -22,7 +22,7 @@ use crate::BillingError;
 use crate::chain::escrow::ClaimRow;
 use crate::chain::{Chain, Outcome};
 use crate::channels::Channels;
-use crate::x402::batch::eip712::{ChannelConfig, ClaimEntry};
+use crate::x402::batch::eip712::ChannelConfig;
 use crate::x402::batch::payload::SignedVoucher;
 
 /// Channels per claim transaction (~40k gas for one, ~19k each in a batch).
@@ -176,14 +176,7 @@ impl ClaimWorker {
         rows: &[ClaimRow],
         done: &mut Collected,
     ) -> Result<Option<()>, BillingError> {
-        let entries = rows
-            .iter()
-            .map(|row| ClaimEntry {
-                channelId: row.voucher.channel_id,
-                maxClaimableAmount: row.voucher.max_claimable,
-                totalClaimed: row.total_claimed,
-            })
-            .collect();
+        let entries = rows.iter().map(ClaimRow::entry).collect();
         let signature = self
             .channels
             .sign(&chain.escrow.claim_batch_digest(entries))?;
