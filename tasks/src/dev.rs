@@ -231,17 +231,6 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             services.push(spawn(&bin, "rungate-inference", &env)?);
         }
 
-        for &port in &edge_ports {
-            let mut env = common("RUNGATE_EDGE_LISTEN", port);
-            env.push(("RUNGATE_INFERENCE_URL", urls(&inference_ports)));
-            env.push(("RUNGATE_LEDGER_URL", urls(&ledger_ports)));
-            // In replica order: billing names a channel's replica by its place here.
-            env.push(("RUNGATE_BILLING_URL", urls(&billing_ports)));
-            if args.free {
-                env.push(("RUNGATE_FREE_MODE", "true".into()));
-            }
-            services.push(spawn(&bin, "rungate-edge", &env)?);
-        }
         Ok(())
     })();
 
@@ -259,6 +248,19 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             chain = Some(dev_chain);
             for port in ledger_ports.iter().chain(&billing_ports).chain(&inference_ports) {
                 wait_healthy(&url(*port), &mut services).await?;
+            }
+            // The edges last, once what they call is serving: a channel's
+            // first call after a failed connect fails (tonic reports it once).
+            for &port in &edge_ports {
+                let mut env = common("RUNGATE_EDGE_LISTEN", port);
+                env.push(("RUNGATE_INFERENCE_URL", urls(&inference_ports)));
+                env.push(("RUNGATE_LEDGER_URL", urls(&ledger_ports)));
+                // In replica order: billing names a channel's replica by its place here.
+                env.push(("RUNGATE_BILLING_URL", urls(&billing_ports)));
+                if args.free {
+                    env.push(("RUNGATE_FREE_MODE", "true".into()));
+                }
+                services.push(spawn(&bin, "rungate-edge", &env)?);
             }
             for edge in &edges {
                 wait_http(&format!("{edge}/healthz"), &mut services).await?;
@@ -318,8 +320,20 @@ async fn wait_http(url: &str, services: &mut [Service]) -> anyhow::Result<()> {
 }
 
 /// Lists models through the edge (edge → inference over gRPC) and returns the first id.
+/// The first model the edge lists. A 503 is retried for a while: an edge
+/// that started before inference may fail its first call on a connection
+/// it is still remaking (tonic reports the failed connect once).
 async fn first_model(edge: &str) -> anyhow::Result<Option<String>> {
-    let response = reqwest::get(format!("{edge}/v1/models")).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let response = loop {
+        let response = reqwest::get(format!("{edge}/v1/models")).await?;
+        if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE
+            || Instant::now() > deadline
+        {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     if !response.status().is_success() {
         bail!("GET /v1/models answered {}", response.status());
     }
