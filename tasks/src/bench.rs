@@ -3,7 +3,8 @@
 //! build, a plain loop like llama.cpp's `simple` example, same threads; the
 //! crate does not ship llama.cpp's tools, so llama-bench cannot be built from
 //! it), time to first token through the edge against the engine in-process,
-//! and (`bench_peer`) agent workloads next to llama.cpp's own server.
+//! calls decoding together (`bench_batched`) and agent workloads next to
+//! llama.cpp's own server (`bench_peer`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use anyhow::{Context, bail};
 
 /// The ChatML prompt SmolLM2's template renders for `messages` (no system
 /// message given, so the template's default one), for the direct loop.
-fn rendered_prompt(messages: &[ChatMessage]) -> String {
+pub(crate) fn rendered_prompt(messages: &[ChatMessage]) -> String {
     let mut prompt = String::from(
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n",
     );
@@ -45,9 +46,9 @@ pub struct BenchArgs {
 }
 
 const PROMPT_WORDS: usize = 200;
-const DECODE_TOKENS: u32 = 128;
+pub(crate) const DECODE_TOKENS: u32 = 128;
 
-fn long_prompt() -> Vec<ChatMessage> {
+pub(crate) fn long_prompt() -> Vec<ChatMessage> {
     let text = "The quick brown fox jumps over the lazy dog. ".repeat(PROMPT_WORDS / 9);
     vec![ChatMessage {
         role: "user".into(),
@@ -56,7 +57,7 @@ fn long_prompt() -> Vec<ChatMessage> {
     }]
 }
 
-fn request(messages: Vec<ChatMessage>, max_tokens: u32) -> GenerateRequest {
+pub(crate) fn request(messages: Vec<ChatMessage>, max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
         request_id: uuid_like(),
         model: "bench".into(),
@@ -74,7 +75,7 @@ fn uuid_like() -> String {
     format!("bench-{}", Instant::now().elapsed().as_nanos())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
@@ -122,6 +123,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if !args.no_peer {
+        // The embedded model as `cargo xtask dev` configures it (prefix
+        // reuse, four slots decoding together), on the same threads, with
+        // flash attention off as the peer runs (llama-cpp-python's default),
+        // which also lets reuse stop at any token. These rows run first, while
+        // this engine's threads are the process's only OpenMP team, as in the
+        // inference service: libgomp cuts its busy-wait to 100 spins once a
+        // process has more OpenMP threads than CPUs (the engines and the
+        // direct loop below), and every decode step then waits on futexes.
+        let config = rungate_inference::Config {
+            models_file: None,
+            models_toml: Some(format!(
+                "[[models]]\nid = \"bench\"\nengine = {{ kind = \"local\", path = \"{}\", threads = {}, context_length = 2048, max_concurrent = 4, max_queue = 16, flash_attention = false }}",
+                model.display(),
+                args.threads
+            )),
+            drain_timeout: Duration::from_secs(1),
+        };
+        let served = Registry::from_config(&config)?;
+        crate::bench_batched::run(&runtime, &served, &model, args.threads, args.runs)?;
+        runtime.block_on(async {
+            let ours = serve_edge(served).await?;
+            crate::bench_peer::run(&root, &model, args.threads, args.runs, &ours).await
+        })?;
+    }
     let config = rungate_inference::Config {
         models_file: None,
         models_toml: Some(format!(
@@ -196,26 +222,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "| ratio | {:.1}x faster |",
         agent.full_ms / agent.reused_ms.max(f64::MIN_POSITIVE)
     );
-    if !args.no_peer {
-        // The embedded model as `cargo xtask dev` configures it (prefix
-        // reuse, four slots decoding together), on the same threads, with
-        // flash attention off as the peer runs (llama-cpp-python's default),
-        // which also lets reuse stop at any token.
-        let config = rungate_inference::Config {
-            models_file: None,
-            models_toml: Some(format!(
-                "[[models]]\nid = \"bench\"\nengine = {{ kind = \"local\", path = \"{}\", threads = {}, context_length = 2048, max_concurrent = 4, max_queue = 16, flash_attention = false }}",
-                model.display(),
-                args.threads
-            )),
-            drain_timeout: Duration::from_secs(1),
-        };
-        let served = Registry::from_config(&config)?;
-        runtime.block_on(async {
-            let ours = serve_edge(served).await?;
-            crate::bench_peer::run(&root, &model, args.threads, args.runs, &ours).await
-        })?;
-    }
     Ok(())
 }
 
@@ -355,14 +361,14 @@ async fn edge_ttft(registry: Registry, runs: usize) -> anyhow::Result<f64> {
 /// llama.cpp driven directly through llama-cpp-2, the way its `simple`
 /// example does (same vendored build, same threads): one synchronous loop, no
 /// threads, channels or gRPC.
-struct RawLlama {
+pub(crate) struct RawLlama {
     model: llama_cpp_2::model::LlamaModel,
     tokens: Vec<llama_cpp_2::token::LlamaToken>,
     threads: u32,
 }
 
 impl RawLlama {
-    fn load(model: &Path, threads: u32, prompt: &str) -> anyhow::Result<Self> {
+    pub(crate) fn load(model: &Path, threads: u32, prompt: &str) -> anyhow::Result<Self> {
         use llama_cpp_2::model::LlamaModel;
         use llama_cpp_2::model::params::LlamaModelParams;
         let backend = rungate_inference::local::backend()?;
@@ -373,6 +379,10 @@ impl RawLlama {
             tokens,
             threads,
         })
+    }
+
+    pub(crate) fn prompt_len(&self) -> usize {
+        self.tokens.len()
     }
 
     /// One run: (prompt, decode) tokens/s.
@@ -408,5 +418,54 @@ impl RawLlama {
             f64::from(n_prompt) / prompt_time.as_secs_f64(),
             f64::from(DECODE_TOKENS) / start.elapsed().as_secs_f64(),
         ))
+    }
+
+    /// Aggregate decode tokens/s of `n` sequences (the same prompt, then
+    /// one token of each per step) decoded together in one batch, the way
+    /// llama.cpp's `batched` example does: what batching can give at best.
+    pub(crate) fn run_batched(&self, n: usize) -> anyhow::Result<f64> {
+        use llama_cpp_2::context::params::LlamaContextParams;
+        use llama_cpp_2::llama_batch::LlamaBatch;
+        use llama_cpp_2::sampling::LlamaSampler;
+        let backend = rungate_inference::local::backend()?;
+        let n_prompt = self.tokens.len();
+        let params = LlamaContextParams::default()
+            .with_n_ctx(std::num::NonZeroU32::new(
+                (n_prompt + n * (DECODE_TOKENS as usize + 8)) as u32,
+            ))
+            .with_n_seq_max(n as u32)
+            // One cache the sequences share: the prompt is held once.
+            .with_kv_unified(true)
+            .with_n_batch(n_prompt.max(n) as u32)
+            .with_n_ubatch(n_prompt.clamp(n, 512) as u32)
+            .with_n_threads(self.threads as i32)
+            .with_n_threads_batch(self.threads as i32);
+        let mut context = self.model.new_context(backend, params)?;
+        let mut batch = LlamaBatch::new(n_prompt.max(n), n as i32);
+        let all: Vec<i32> = (0..n as i32).collect();
+        for (i, token) in self.tokens.iter().enumerate() {
+            batch.add(*token, i as i32, &all, i + 1 == n_prompt)?;
+        }
+        context.decode(&mut batch)?;
+        let mut sampler = LlamaSampler::greedy();
+        let first = sampler.sample(&context, batch.n_tokens() - 1);
+        let mut next = vec![first; n];
+        let start = Instant::now();
+        for step in 0..DECODE_TOKENS {
+            batch.clear();
+            for (seq, token) in next.iter().enumerate() {
+                batch.add(
+                    *token,
+                    (n_prompt + step as usize) as i32,
+                    &[seq as i32],
+                    true,
+                )?;
+            }
+            context.decode(&mut batch)?;
+            for (seq, token) in next.iter_mut().enumerate() {
+                *token = sampler.sample(&context, seq as i32);
+            }
+        }
+        Ok((n * DECODE_TOKENS as usize) as f64 / start.elapsed().as_secs_f64())
     }
 }

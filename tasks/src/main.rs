@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout)] // printing is what a task runner is for
 
 mod bench;
+mod bench_batched;
 mod bench_ledger;
 mod bench_paid;
 mod bench_peer;

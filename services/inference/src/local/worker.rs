@@ -399,6 +399,11 @@ impl<'m> Batcher<'m> {
         if self.stepping.is_empty() {
             return false;
         }
+        // In slot order: with a KV stream per slot, llama.cpp evaluates in one
+        // pass only runs of consecutive sequence ids, in increasing order, and
+        // splits the rest into a pass each (as costly as decoding alone).
+        let running = &self.running;
+        self.stepping.sort_unstable_by_key(|&i| running[i].slot);
         let Some(context) = self.context.as_mut() else {
             return false;
         };
