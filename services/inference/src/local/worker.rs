@@ -43,17 +43,23 @@ impl Inner {
 /// multiples from position 0, one piece per step, so a long prompt does not
 /// hold up the calls already generating.
 ///
-/// Reuse is exact: greedy output with a reused prefix, or next to other
-/// calls, is token for token what a lone full evaluation gives (tested on
-/// the tiny GGUF and SmolLM2). llama.cpp's CPU results for a token depend on
-/// whether it was evaluated alone (the per-token path, as in decoding) or
-/// with others of its sequence (the prompt matmuls, whose results do not
-/// depend on how many); so every prompt token is evaluated with at least one
-/// other, with or without reuse, a reused prefix stops two tokens short of
-/// the prompt's end, and generated tokens (evaluated alone) are never reused.
+/// Reuse is exact: greedy output with a reused prefix is token for token
+/// what a full evaluation gives (tested on the tiny GGUF and SmolLM2).
+/// llama.cpp's CPU results for a token depend on whether it was evaluated
+/// alone (the per-token path, as in decoding) or with others of its
+/// sequence (the prompt matmuls, whose results do not depend on how many);
+/// so every prompt token is evaluated with at least one other, with or
+/// without reuse, a reused prefix stops two tokens short of the prompt's
+/// end, and generated tokens (one per sequence a pass) are never reused.
 /// The CPU flash-attention kernel does depend on how many tokens share a
 /// piece: with it on, reuse also stops at a multiple of CHUNK, so reused
 /// entries were computed in the same pieces as a fresh evaluation's.
+///
+/// Calls decoding together share each pass, and llama.cpp may pick a
+/// batched kernel for several tokens' matmuls (the output layer's, for
+/// SmolLM2) that rounds differently from the single-token one: next to
+/// other calls a greedy call could, at a near tie, take another token than
+/// alone. Tests on both models see the same outputs together and alone.
 pub(super) const CHUNK: usize = 64;
 
 /// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_DISABLED` and `_AUTO` (its default:
