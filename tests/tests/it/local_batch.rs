@@ -93,9 +93,11 @@ async fn a_cancelled_call_leaves_the_others_whole_and_a_waiting_call_joins() {
     let waiting = ask("the one that waits for a slot", greedy(20));
     let alone_first = generate_on(engine, first.clone()).await;
     let alone_waiting = generate_on(engine, waiting.clone()).await;
-    let long = ask("a long answer, dropped early", greedy(200));
+    // Long enough that, unread, it fills its event channel (64) and waits
+    // long before its end: it is still running when dropped.
+    let long = ask("a long answer, dropped early", greedy(400));
     let (_, _, long_tokens) = generate_on(engine, long.clone()).await;
-    assert_eq!(long_tokens, 200, "alone, it runs to its limit");
+    assert_eq!(long_tokens, 400, "alone, it runs to its limit");
     let cancelled_before = engine.metrics().cancelled.load(Ordering::Relaxed);
 
     // Two slots: the long call and the first call decode together; the

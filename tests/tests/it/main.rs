@@ -14,6 +14,7 @@ mod load;
 mod local_batch;
 mod local_chat;
 mod local_engine;
+mod local_threads;
 mod payments;
 mod queue;
 mod receipts;

@@ -5,6 +5,7 @@
 //! the slots gives back-pressure (a full queue is `RESOURCE_EXHAUSTED` → 503).
 
 mod gguf;
+mod openmp;
 mod sequence;
 mod structured;
 mod template;

@@ -67,6 +67,10 @@ pub(super) const CHUNK: usize = 64;
 const FLASH_ATTENTION_OFF: i32 = 0;
 const FLASH_ATTENTION_AUTO: i32 = -1;
 
+/// How long an idle engine thread keeps its OpenMP workers (back-to-back
+/// calls keep them; see `openmp`).
+const IDLE_BEFORE_RELEASE: Duration = Duration::from_millis(100);
+
 /// One generation, handed to the engine thread.
 pub(super) struct Job {
     pub(super) request: GenerateRequest,
@@ -116,10 +120,18 @@ pub(super) fn serve(inner: &Inner, slots: usize, jobs: &Receiver<Job>) {
     loop {
         // Block while there is nothing to do; otherwise take what arrived.
         if batcher.running.is_empty() {
-            match jobs.recv() {
-                Ok(job) => batcher.admit(job),
-                Err(_) => return,
-            }
+            let job = match jobs.recv_timeout(IDLE_BEFORE_RELEASE) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    super::openmp::release_threads();
+                    match jobs.recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            batcher.admit(job);
         }
         while let Ok(job) = jobs.try_recv() {
             batcher.admit(job);
