@@ -127,11 +127,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         // The embedded model as `cargo xtask dev` configures it (prefix
         // reuse, four slots decoding together), on the same threads, with
         // flash attention off as the peer runs (llama-cpp-python's default),
-        // which also lets reuse stop at any token. These rows run first, while
-        // this engine's threads are the process's only OpenMP team, as in the
+        // which also lets reuse stop at any token. These rows run first, with
+        // this engine's threads the process's only OpenMP team, as in the
         // inference service: libgomp cuts its busy-wait to 100 spins once a
-        // process has more OpenMP threads than CPUs (the engines and the
-        // direct loop below), and every decode step then waits on futexes.
+        // process holds more OpenMP threads than CPUs, and every decode step
+        // then waits on futexes (engines and the direct loop hand their teams
+        // back once idle, so the order now matters little; it keeps it sure).
         let config = rungate_inference::Config {
             models_file: None,
             models_toml: Some(format!(
@@ -385,8 +386,15 @@ impl RawLlama {
         self.tokens.len()
     }
 
-    /// One run: (prompt, decode) tokens/s.
+    /// One run: (prompt, decode) tokens/s. Hands this thread's OpenMP
+    /// team back at the end, so it does not slow the engine's in between.
     fn run(&self) -> anyhow::Result<(f64, f64)> {
+        let run = self.run_once();
+        rungate_inference::local::release_threads();
+        run
+    }
+
+    fn run_once(&self) -> anyhow::Result<(f64, f64)> {
         use llama_cpp_2::context::params::LlamaContextParams;
         use llama_cpp_2::llama_batch::LlamaBatch;
         use llama_cpp_2::sampling::LlamaSampler;

@@ -31,6 +31,7 @@ use crate::config::LocalEntry;
 use crate::engine::EventStream;
 
 pub use gguf::{GgufError, GgufSummary, inspect as inspect_gguf};
+pub use openmp::release_threads;
 
 /// llama.cpp's backend may be initialised once per process.
 pub fn backend() -> Result<&'static LlamaBackend, InferenceError> {

@@ -24,7 +24,7 @@ mod ffi {
 
 /// Lets the calling thread's OpenMP workers go (a no-op if it has none).
 /// Call only between evaluations, from the thread that runs them.
-pub(super) fn release_threads() {
+pub fn release_threads() {
     // SAFETY: no parallel region is active on this thread (it is between
     // llama.cpp calls), which is all omp_pause_resource_all asks.
     #[allow(unsafe_code)]
