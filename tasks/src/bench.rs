@@ -127,12 +127,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         // The embedded model as `cargo xtask dev` configures it (prefix
         // reuse, four slots decoding together), on the same threads, with
         // flash attention off as the peer runs (llama-cpp-python's default),
-        // which also lets reuse stop at any token. These rows run first, with
-        // this engine's threads the process's only OpenMP team, as in the
-        // inference service: libgomp cuts its busy-wait to 100 spins once a
-        // process holds more OpenMP threads than CPUs, and every decode step
-        // then waits on futexes (engines and the direct loop hand their teams
-        // back once idle, so the order now matters little; it keeps it sure).
+        // which also lets reuse stop at any token. These rows run first, while
+        // no other engine of this process has kept an OpenMP team (libgomp
+        // cuts its busy-wait to 100 spins once a process holds more OpenMP
+        // threads than CPUs; idle engines and the direct loop hand theirs back).
         let config = rungate_inference::Config {
             models_file: None,
             models_toml: Some(format!(
@@ -386,12 +384,9 @@ impl RawLlama {
         self.tokens.len()
     }
 
-    /// One run: (prompt, decode) tokens/s. Hands this thread's OpenMP
-    /// team back at the end, so it does not slow the engine's in between.
+    /// One run: (prompt, decode) tokens/s.
     fn run(&self) -> anyhow::Result<(f64, f64)> {
-        let run = self.run_once();
-        rungate_inference::local::release_threads();
-        run
+        team_released(|| self.run_once())
     }
 
     fn run_once(&self) -> anyhow::Result<(f64, f64)> {
@@ -432,6 +427,10 @@ impl RawLlama {
     /// one token of each per step) decoded together in one batch, the way
     /// llama.cpp's `batched` example does: what batching can give at best.
     pub(crate) fn run_batched(&self, n: usize) -> anyhow::Result<f64> {
+        team_released(|| self.run_batched_once(n))
+    }
+
+    fn run_batched_once(&self, n: usize) -> anyhow::Result<f64> {
         use llama_cpp_2::context::params::LlamaContextParams;
         use llama_cpp_2::llama_batch::LlamaBatch;
         use llama_cpp_2::sampling::LlamaSampler;
@@ -476,4 +475,13 @@ impl RawLlama {
         }
         Ok((n * DECODE_TOKENS as usize) as f64 / start.elapsed().as_secs_f64())
     }
+}
+
+/// Runs `run`, then hands this thread's OpenMP team back, so that between
+/// direct runs it does not slow the engines' (see
+/// `rungate_inference::local::release_threads`).
+fn team_released<T>(run: impl FnOnce() -> T) -> T {
+    let result = run();
+    rungate_inference::local::release_threads();
+    result
 }

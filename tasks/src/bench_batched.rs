@@ -23,23 +23,15 @@ pub fn run(
     threads: u32,
     runs: usize,
 ) -> anyhow::Result<()> {
-    // Before the engine's first call and on a thread of its own, whose
-    // OpenMP team goes with it (see the peer rows in `bench`).
-    let direct = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let raw = RawLlama::load(model, threads, &rendered_prompt(&long_prompt()))?;
-                raw.run_batched(1)?; // warm-up
-                let (mut one, mut many) = (Vec::new(), Vec::new());
-                for _ in 0..runs {
-                    one.push(raw.run_batched(1)?);
-                    many.push(raw.run_batched(AT_ONCE)?);
-                }
-                anyhow::Ok((median(one), median(many), raw.prompt_len()))
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the direct loop panicked"))?
-    })?;
+    let raw = RawLlama::load(model, threads, &rendered_prompt(&long_prompt()))?;
+    raw.run_batched(1)?; // warm-up
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        one.push(raw.run_batched(1)?);
+        many.push(raw.run_batched(AT_ONCE)?);
+    }
+    let direct = (median(one), median(many), raw.prompt_len());
+    drop(raw);
     let (mut one, mut many, mut slowest) = (Vec::new(), Vec::new(), Vec::new());
     runtime.block_on(async {
         streams(served, 1, 8).await?; // warm-up
